@@ -1,0 +1,270 @@
+//! The in-process store: a bounded moka cache with a TTL per entry, plus leases
+//! and tag sets under one lock each, mirroring what Redis keeps.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moka::sync::Cache as Moka;
+use moka::Expiry;
+
+use super::Backend;
+use crate::config::MemoryCapacity;
+use crate::error::Result;
+use crate::glob;
+use crate::waiters::Waiters;
+
+#[derive(Clone, Debug)]
+struct Slot {
+    value: Bytes,
+    expires_at: Instant,
+}
+
+struct ExpiresAt;
+
+impl Expiry<String, Slot> for ExpiresAt {
+    fn expire_after_create(&self, _: &String, slot: &Slot, now: Instant) -> Option<Duration> {
+        Some(slot.expires_at.saturating_duration_since(now))
+    }
+
+    fn expire_after_update(&self, _: &String, slot: &Slot, now: Instant, _: Option<Duration>) -> Option<Duration> {
+        Some(slot.expires_at.saturating_duration_since(now))
+    }
+}
+
+#[derive(Debug)]
+struct Lease {
+    token: String,
+    expires_at: Instant,
+}
+
+#[derive(Debug)]
+struct TagSet {
+    /// Entry key → when it was last registered.
+    members: HashMap<String, Instant>,
+    expires_at: Instant,
+}
+
+/// Entries as encoded bytes, exactly as Redis would hold them, so both backends
+/// decode (and fail to decode) the same way.
+pub(crate) struct MemoryStore {
+    entries: Moka<String, Slot>,
+    /// Lock order: `tags` before `leases`.
+    tags: Mutex<HashMap<String, TagSet>>,
+    leases: Mutex<HashMap<String, Lease>>,
+    waiters: Arc<Waiters>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("entries", &self.entries.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl MemoryStore {
+    pub(crate) fn new(capacity: MemoryCapacity) -> MemoryStore {
+        let builder = Moka::builder().expire_after(ExpiresAt);
+        let entries = match capacity {
+            MemoryCapacity::Entries(n) => builder.max_capacity(n).build(),
+            MemoryCapacity::Bytes(n) => builder
+                .max_capacity(n)
+                .weigher(|key: &String, slot: &Slot| u32::try_from(key.len() + slot.value.len()).unwrap_or(u32::MAX))
+                .build(),
+        };
+        MemoryStore {
+            entries,
+            tags: Mutex::new(HashMap::new()),
+            leases: Mutex::new(HashMap::new()),
+            waiters: Arc::new(Waiters::default()),
+        }
+    }
+
+    fn live(&self, key: &str) -> Option<Slot> {
+        // moka hides expired entries, but its clock granularity lets one through
+        // for a moment; check the deadline ourselves.
+        self.entries.get(key).filter(|slot| slot.expires_at > Instant::now())
+    }
+
+    /// The lease of `entry` if it is held and not expired.
+    fn held<'a>(leases: &'a mut HashMap<String, Lease>, entry: &str) -> Option<&'a Lease> {
+        if leases
+            .get(entry)
+            .is_some_and(|lease| lease.expires_at <= Instant::now())
+        {
+            leases.remove(entry);
+        }
+        leases.get(entry)
+    }
+
+    fn remove_entry_and_lease(&self, entry: &str) -> bool {
+        let mut leases = lock(&self.leases);
+        leases.remove(entry);
+        self.entries
+            .remove(entry)
+            .is_some_and(|slot| slot.expires_at > Instant::now())
+    }
+}
+
+impl Backend for MemoryStore {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        Ok(self.live(key).map(|slot| slot.value))
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
+        self.entries.insert(
+            key.to_owned(),
+            Slot {
+                value,
+                expires_at: Instant::now() + ttl,
+            },
+        );
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        Ok(self
+            .entries
+            .remove(key)
+            .is_some_and(|slot| slot.expires_at > Instant::now()))
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.live(key).is_some())
+    }
+
+    async fn ttl(&self, key: &str) -> Result<Option<Duration>> {
+        Ok(self
+            .live(key)
+            .map(|slot| slot.expires_at.saturating_duration_since(Instant::now())))
+    }
+
+    async fn ping(&self) -> Result<Duration> {
+        Ok(Duration::ZERO)
+    }
+
+    async fn register(&self, entry: &str, tag_keys: &[String], lifetime: Duration, horizon: Duration) -> Result<()> {
+        let now = Instant::now();
+        let mut tags = lock(&self.tags);
+        for tag_key in tag_keys {
+            let set = tags.entry(tag_key.clone()).or_insert_with(|| TagSet {
+                members: HashMap::new(),
+                expires_at: now,
+            });
+            if set.expires_at <= now {
+                set.members.clear();
+            }
+            set.members.insert(entry.to_owned(), now);
+            set.members
+                .retain(|_, registered| now.saturating_duration_since(*registered) <= horizon);
+            set.expires_at = set.expires_at.max(now + lifetime);
+        }
+        // Sets nobody registered in for their whole lifetime go with it.
+        tags.retain(|_, set| set.expires_at > now);
+        Ok(())
+    }
+
+    async fn acquire_lease(&self, entry: &str, token: &str, ttl: Duration, steal: bool) -> Result<bool> {
+        let mut leases = lock(&self.leases);
+        if !steal && Self::held(&mut leases, entry).is_some() {
+            return Ok(false);
+        }
+        leases.insert(
+            entry.to_owned(),
+            Lease {
+                token: token.to_owned(),
+                expires_at: Instant::now() + ttl,
+            },
+        );
+        Ok(true)
+    }
+
+    async fn renew_lease(&self, entry: &str, token: &str, ttl: Duration) -> Result<bool> {
+        let mut leases = lock(&self.leases);
+        Self::held(&mut leases, entry);
+        match leases.get_mut(entry) {
+            Some(lease) if lease.token == token => {
+                lease.expires_at = Instant::now() + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn release_lease(&self, entry: &str, token: &str) -> Result<()> {
+        let mut leases = lock(&self.leases);
+        if leases.get(entry).is_some_and(|lease| lease.token == token) {
+            leases.remove(entry);
+        }
+        Ok(())
+    }
+
+    async fn lease_held(&self, entry: &str) -> Result<bool> {
+        Ok(Self::held(&mut lock(&self.leases), entry).is_some())
+    }
+
+    async fn store_leased(&self, entry: &str, token: &str, value: Bytes, ttl: Duration) -> Result<bool> {
+        {
+            let mut leases = lock(&self.leases);
+            if Self::held(&mut leases, entry).is_none_or(|lease| lease.token != token) {
+                return Ok(false);
+            }
+            leases.remove(entry);
+            self.entries.insert(
+                entry.to_owned(),
+                Slot {
+                    value,
+                    expires_at: Instant::now() + ttl,
+                },
+            );
+        }
+        self.waiters.wake(entry);
+        Ok(true)
+    }
+
+    async fn invalidate_entry(&self, entry: &str) -> Result<bool> {
+        Ok(self.remove_entry_and_lease(entry))
+    }
+
+    async fn invalidate_tag(&self, tag_key: &str) -> Result<u64> {
+        let members = lock(&self.tags)
+            .remove(tag_key)
+            .map(|set| set.members)
+            .unwrap_or_default();
+        Ok(members
+            .keys()
+            .map(|entry| u64::from(self.remove_entry_and_lease(entry)))
+            .sum())
+    }
+
+    async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
+        let leased: Vec<String> = lock(&self.leases)
+            .keys()
+            .filter(|k| glob::matches(pattern, k))
+            .cloned()
+            .collect();
+        let stored: Vec<String> = self
+            .entries
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .filter(|k| glob::matches(pattern, k))
+            .collect();
+        let mut removed = 0;
+        for entry in leased.iter().chain(&stored) {
+            removed += u64::from(self.remove_entry_and_lease(entry));
+        }
+        Ok(removed)
+    }
+
+    fn waiters(&self) -> &Arc<Waiters> {
+        &self.waiters
+    }
+
+    async fn listen(&self, _: Duration) {}
+}

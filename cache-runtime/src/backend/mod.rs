@@ -1,0 +1,177 @@
+//! The stores behind a [`Cache`](crate::Cache): Redis, memory, or none.
+//!
+//! Every store implements [`Backend`]; [`Store`] dispatches to the one in use
+//! without boxing, so a hit costs no allocation beyond the value itself.
+//!
+//! Besides plain reads and writes a store keeps, per entry key `E`:
+//! - a **lease** (`{E}:lease` in Redis, the same hash slot as `E`): the token of
+//!   the one computation allowed to store `E`. It is the stampede lock, and the
+//!   ownership token that invalidation revokes;
+//! - **tag sets**: which entries (stored or being computed) carry a tag, so that
+//!   invalidating the tag finds them and their leases.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::Result;
+use crate::waiters::Waiters;
+
+pub(crate) mod memory;
+pub(crate) mod off;
+pub(crate) mod redis;
+
+/// What the cache needs of a store. Keys are full keys (namespace applied).
+pub(crate) trait Backend: Send + Sync {
+    /// The stored bytes, if the key exists.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Bytes>>> + Send;
+    /// Stores `value` for `ttl` (already clamped to the ceiling, never zero).
+    fn set(&self, key: &str, value: Bytes, ttl: Duration) -> impl Future<Output = Result<()>> + Send;
+    /// Removes the key; `true` if it existed.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// `true` if the key exists.
+    fn exists(&self, key: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// The remaining lifetime of the key, `None` if it does not exist.
+    fn ttl(&self, key: &str) -> impl Future<Output = Result<Option<Duration>>> + Send;
+    /// A round trip to the store.
+    fn ping(&self) -> impl Future<Output = Result<Duration>> + Send;
+
+    /// Records `entry` in each tag set of `tag_keys` (or renews its record),
+    /// keeping each set alive for at least `lifetime` and pruning members last
+    /// registered more than `horizon` ago.
+    fn register(
+        &self,
+        entry: &str,
+        tag_keys: &[String],
+        lifetime: Duration,
+        horizon: Duration,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Takes the lease of `entry` for `token` if it is free (or always, with `steal`).
+    fn acquire_lease(
+        &self,
+        entry: &str,
+        token: &str,
+        ttl: Duration,
+        steal: bool,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Extends the lease if `token` still holds it.
+    fn renew_lease(&self, entry: &str, token: &str, ttl: Duration) -> impl Future<Output = Result<bool>> + Send;
+    /// Frees the lease if `token` still holds it.
+    fn release_lease(&self, entry: &str, token: &str) -> impl Future<Output = Result<()>> + Send;
+    /// `true` if some computation holds the lease of `entry`.
+    fn lease_held(&self, entry: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// In one atomic step: if `token` still holds the lease, stores `value`, frees
+    /// the lease and wakes the entry's waiters; returns whether it stored.
+    fn store_leased(
+        &self,
+        entry: &str,
+        token: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Removes `entry` and its lease in one step (revoking a computation in
+    /// flight); `true` if the entry existed.
+    fn invalidate_entry(&self, entry: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Removes every entry registered in the tag set before this call (stored or
+    /// being computed), with their leases, in batches; returns how many entries existed.
+    fn invalidate_tag(&self, tag_key: &str) -> impl Future<Output = Result<u64>> + Send;
+    /// Removes every entry whose full key matches the glob, and revokes the leases
+    /// of matching entries being computed; returns how many entries existed.
+    fn invalidate_pattern(&self, pattern: &str) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Where callers waiting for an entry register to be woken when it is stored.
+    fn waiters(&self) -> &Arc<Waiters>;
+    /// Makes sure store announcements reach [`waiters`](Backend::waiters) (the
+    /// Redis subscriber is connected), waiting at most `limit`.
+    fn listen(&self, limit: Duration) -> impl Future<Output = ()> + Send;
+}
+
+/// The store a cache uses.
+#[derive(Debug)]
+pub(crate) enum Store {
+    Redis(redis::RedisStore),
+    Memory(memory::MemoryStore),
+    Off(off::OffStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            Store::Redis($store) => $call,
+            Store::Memory($store) => $call,
+            Store::Off($store) => $call,
+        }
+    };
+}
+
+impl Backend for Store {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        dispatch!(self, store => store.get(key).await)
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
+        dispatch!(self, store => store.set(key, value, ttl).await)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        dispatch!(self, store => store.delete(key).await)
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        dispatch!(self, store => store.exists(key).await)
+    }
+
+    async fn ttl(&self, key: &str) -> Result<Option<Duration>> {
+        dispatch!(self, store => store.ttl(key).await)
+    }
+
+    async fn ping(&self) -> Result<Duration> {
+        dispatch!(self, store => store.ping().await)
+    }
+
+    async fn register(&self, entry: &str, tag_keys: &[String], lifetime: Duration, horizon: Duration) -> Result<()> {
+        dispatch!(self, store => store.register(entry, tag_keys, lifetime, horizon).await)
+    }
+
+    async fn acquire_lease(&self, entry: &str, token: &str, ttl: Duration, steal: bool) -> Result<bool> {
+        dispatch!(self, store => store.acquire_lease(entry, token, ttl, steal).await)
+    }
+
+    async fn renew_lease(&self, entry: &str, token: &str, ttl: Duration) -> Result<bool> {
+        dispatch!(self, store => store.renew_lease(entry, token, ttl).await)
+    }
+
+    async fn release_lease(&self, entry: &str, token: &str) -> Result<()> {
+        dispatch!(self, store => store.release_lease(entry, token).await)
+    }
+
+    async fn lease_held(&self, entry: &str) -> Result<bool> {
+        dispatch!(self, store => store.lease_held(entry).await)
+    }
+
+    async fn store_leased(&self, entry: &str, token: &str, value: Bytes, ttl: Duration) -> Result<bool> {
+        dispatch!(self, store => store.store_leased(entry, token, value, ttl).await)
+    }
+
+    async fn invalidate_entry(&self, entry: &str) -> Result<bool> {
+        dispatch!(self, store => store.invalidate_entry(entry).await)
+    }
+
+    async fn invalidate_tag(&self, tag_key: &str) -> Result<u64> {
+        dispatch!(self, store => store.invalidate_tag(tag_key).await)
+    }
+
+    async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
+        dispatch!(self, store => store.invalidate_pattern(pattern).await)
+    }
+
+    fn waiters(&self) -> &Arc<Waiters> {
+        dispatch!(self, store => store.waiters())
+    }
+
+    async fn listen(&self, limit: Duration) {
+        dispatch!(self, store => store.listen(limit).await)
+    }
+}

@@ -1,0 +1,84 @@
+//! The store that stores nothing (`CACHE_BACKEND=off`): every call computes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::Backend;
+use crate::error::Result;
+use crate::waiters::Waiters;
+
+#[derive(Debug, Default)]
+pub(crate) struct OffStore {
+    waiters: Arc<Waiters>,
+}
+
+impl Backend for OffStore {
+    async fn get(&self, _: &str) -> Result<Option<Bytes>> {
+        Ok(None)
+    }
+
+    async fn set(&self, _: &str, _: Bytes, _: Duration) -> Result<()> {
+        Ok(())
+    }
+
+    async fn delete(&self, _: &str) -> Result<bool> {
+        Ok(false)
+    }
+
+    async fn exists(&self, _: &str) -> Result<bool> {
+        Ok(false)
+    }
+
+    async fn ttl(&self, _: &str) -> Result<Option<Duration>> {
+        Ok(None)
+    }
+
+    async fn ping(&self) -> Result<Duration> {
+        Ok(Duration::ZERO)
+    }
+
+    async fn register(&self, _: &str, _: &[String], _: Duration, _: Duration) -> Result<()> {
+        Ok(())
+    }
+
+    /// Every caller may compute: there is nothing to protect.
+    async fn acquire_lease(&self, _: &str, _: &str, _: Duration, _: bool) -> Result<bool> {
+        Ok(true)
+    }
+
+    async fn renew_lease(&self, _: &str, _: &str, _: Duration) -> Result<bool> {
+        Ok(true)
+    }
+
+    async fn release_lease(&self, _: &str, _: &str) -> Result<()> {
+        Ok(())
+    }
+
+    async fn lease_held(&self, _: &str) -> Result<bool> {
+        Ok(false)
+    }
+
+    async fn store_leased(&self, _: &str, _: &str, _: Bytes, _: Duration) -> Result<bool> {
+        Ok(true)
+    }
+
+    async fn invalidate_entry(&self, _: &str) -> Result<bool> {
+        Ok(false)
+    }
+
+    async fn invalidate_tag(&self, _: &str) -> Result<u64> {
+        Ok(0)
+    }
+
+    async fn invalidate_pattern(&self, _: &str) -> Result<u64> {
+        Ok(0)
+    }
+
+    fn waiters(&self) -> &Arc<Waiters> {
+        &self.waiters
+    }
+
+    async fn listen(&self, _: Duration) {}
+}

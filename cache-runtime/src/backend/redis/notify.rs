@@ -1,0 +1,119 @@
+//! The one pub/sub subscriber of a Redis store: it hears every "entry stored"
+//! announcement of the cache's namespace and wakes the local waiters of that
+//! entry. On Redis Cluster, `PUBLISH` reaches every node, so one subscription to
+//! any node hears the whole cluster.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use crate::waiters::Waiters;
+
+/// The subscriber: started on the first wait, reconnecting by itself.
+pub(crate) struct Listener {
+    urls: Vec<String>,
+    tls_ca: Option<Arc<Vec<u8>>>,
+    channel: String,
+    waiters: Arc<Waiters>,
+    started: AtomicBool,
+    subscribed: watch::Sender<bool>,
+    task: Mutex<Option<AbortHandle>>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("channel", &self.channel)
+            .field("subscribed", &*self.subscribed.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// `urls` carry credentials; they are never logged.
+    pub(crate) fn new(
+        urls: Vec<String>,
+        tls_ca: Option<Arc<Vec<u8>>>,
+        channel: String,
+        waiters: Arc<Waiters>,
+    ) -> Listener {
+        Listener {
+            urls,
+            tls_ca,
+            channel,
+            waiters,
+            started: AtomicBool::new(false),
+            subscribed: watch::channel(false).0,
+            task: Mutex::new(None),
+        }
+    }
+
+    /// Starts the subscriber if needed and waits until it is subscribed, at most `limit`.
+    pub(crate) async fn ready(&self, limit: Duration) {
+        if !self.started.swap(true, Ordering::AcqRel) {
+            let task = tokio::spawn(run(
+                self.urls.clone(),
+                self.tls_ca.clone(),
+                self.channel.clone(),
+                Arc::clone(&self.waiters),
+                self.subscribed.clone(),
+            ));
+            *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
+        }
+        let mut subscribed = self.subscribed.subscribe();
+        let _ = tokio::time::timeout(limit, subscribed.wait_for(|on| *on)).await;
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+async fn run(
+    urls: Vec<String>,
+    tls_ca: Option<Arc<Vec<u8>>>,
+    channel: String,
+    waiters: Arc<Waiters>,
+    subscribed: watch::Sender<bool>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    for url in urls.iter().cycle() {
+        match subscribe(url, tls_ca.as_deref(), &channel).await {
+            Ok(pubsub) => {
+                backoff = Duration::from_millis(50);
+                subscribed.send_replace(true);
+                tracing::debug!(target: "aside", channel = %channel, "listening for stored entries");
+                let mut messages = pubsub.into_on_message();
+                while let Some(message) = messages.next().await {
+                    if let Ok(key) = message.get_payload::<String>() {
+                        waiters.wake(&key);
+                    }
+                }
+                subscribed.send_replace(false);
+                tracing::debug!(target: "aside", channel = %channel, "store announcements lost; reconnecting");
+            }
+            Err(error) => {
+                tracing::debug!(target: "aside", %error, "cannot subscribe to store announcements; waiters re-check on their own");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn subscribe(url: &str, tls_ca: Option<&Vec<u8>>, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
+    let client = super::client(url, tls_ca)?;
+    let mut pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
+        .await
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "subscribe timed out")))??;
+    pubsub.subscribe(channel).await?;
+    Ok(pubsub)
+}

@@ -1,0 +1,248 @@
+//! The circuit breaker in front of Redis: after a few consecutive failures it
+//! opens and calls skip Redis entirely (computing directly, at the cost of an
+//! atomic load); after a backoff one call probes, and a success closes it again.
+//!
+//! State changes are logged once each, at `warn` (open) and `info` (closed).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Consecutive failures that open the breaker.
+pub(crate) const FAILURES_TO_OPEN: u32 = 5;
+/// The first wait before probing; doubled after each failed probe.
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest wait before probing.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Whether calls reach Redis.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BreakerState {
+    /// Calls go to Redis.
+    #[default]
+    Closed,
+    /// Calls skip Redis until the next probe.
+    Open,
+    /// One probe is on its way; other calls skip Redis.
+    HalfOpen,
+}
+
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const HALF_OPEN: u8 = 2;
+
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    state: AtomicU8,
+    failures: AtomicU32,
+    /// Milliseconds since `epoch()` at which a probe may go.
+    probe_at: AtomicU64,
+    backoff_ms: AtomicU64,
+    probing: AtomicBool,
+    opened: AtomicU64,
+    skipped: AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Permission to call Redis; report how it went with [`Permit::record`]. A probe
+/// dropped unreported (its caller was cancelled) counts as a failed probe, so the
+/// breaker never waits on a probe that will not come back.
+#[derive(Debug)]
+pub(crate) struct Permit<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+    settled: bool,
+}
+
+impl Permit<'_> {
+    /// Reports whether Redis answered (`available`).
+    pub(crate) fn record(mut self, available: bool, target: &dyn std::fmt::Display) {
+        self.settled = true;
+        self.breaker.settle(self.probe, available, target);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.settled && self.probe {
+            self.breaker.settle(true, false, &"redis (probe cancelled)");
+        }
+    }
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            state: AtomicU8::new(CLOSED),
+            failures: AtomicU32::new(0),
+            probe_at: AtomicU64::new(0),
+            backoff_ms: AtomicU64::new(ms(FIRST_BACKOFF)),
+            probing: AtomicBool::new(false),
+            opened: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Breaker {
+    /// A permit to call Redis, or `None` to skip it.
+    pub(crate) fn allow(&self) -> Option<Permit<'_>> {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => Some(Permit {
+                breaker: self,
+                probe: false,
+                settled: false,
+            }),
+            _ if now_ms() >= self.probe_at.load(Ordering::Acquire)
+                && self
+                    .probing
+                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok() =>
+            {
+                self.state.store(HALF_OPEN, Ordering::Release);
+                tracing::debug!(target: "aside", "circuit breaker probing redis");
+                Some(Permit {
+                    breaker: self,
+                    probe: true,
+                    settled: false,
+                })
+            }
+            _ => {
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// How a call made with a permit (a probe or not) went.
+    fn settle(&self, probe: bool, available: bool, target: &dyn std::fmt::Display) {
+        if available {
+            self.failures.store(0, Ordering::Relaxed);
+            if self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
+                self.backoff_ms.store(ms(FIRST_BACKOFF), Ordering::Relaxed);
+                tracing::info!(target: "aside", redis = %target, "circuit breaker closed: redis answers again, caching resumed");
+            }
+        } else if probe {
+            let backoff = self.backoff_ms.load(Ordering::Relaxed);
+            self.probe_at.store(now_ms().saturating_add(backoff), Ordering::Release);
+            self.backoff_ms
+                .store(backoff.saturating_mul(2).min(ms(MAX_BACKOFF)), Ordering::Relaxed);
+            self.state.store(OPEN, Ordering::Release);
+            tracing::debug!(target: "aside", redis = %target, next_probe_ms = backoff, "circuit breaker probe failed");
+        } else if self.failures.fetch_add(1, Ordering::AcqRel) + 1 >= FAILURES_TO_OPEN
+            && self
+                .state
+                .compare_exchange(CLOSED, OPEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.probe_at.store(
+                now_ms().saturating_add(self.backoff_ms.load(Ordering::Relaxed)),
+                Ordering::Release,
+            );
+            self.opened.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target: "aside", redis = %target, failures = FAILURES_TO_OPEN,
+                "circuit breaker open: redis is failing; calls compute without the cache and redis is probed");
+        }
+        if probe {
+            self.probing.store(false, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn state(&self) -> BreakerState {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => BreakerState::Closed,
+            OPEN => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
+        }
+    }
+
+    /// How many times the breaker opened, and how many calls it skipped.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (
+            self.opened.load(Ordering::Relaxed),
+            self.skipped.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fail(breaker: &Breaker) {
+        if let Some(permit) = breaker.allow() {
+            permit.record(false, &"test");
+        }
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_and_skips() {
+        let breaker = Breaker::default();
+        for _ in 0..FAILURES_TO_OPEN - 1 {
+            fail(&breaker);
+        }
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        fail(&breaker);
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert!(breaker.allow().is_none());
+        assert_eq!(breaker.counts(), (1, 1));
+    }
+
+    #[test]
+    fn a_success_resets_the_count() {
+        let breaker = Breaker::default();
+        for _ in 0..10 {
+            fail(&breaker);
+            fail(&breaker);
+            let permit = breaker.allow().unwrap();
+            permit.record(true, &"test");
+        }
+        assert_eq!(breaker.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn probes_once_after_the_backoff_and_closes_on_success() {
+        let breaker = Breaker::default();
+        for _ in 0..FAILURES_TO_OPEN {
+            fail(&breaker);
+        }
+        breaker.probe_at.store(0, Ordering::Release);
+        let probe = breaker.allow().expect("a probe after the backoff");
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        assert!(breaker.allow().is_none(), "one probe at a time");
+        probe.record(false, &"test");
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert_eq!(breaker.backoff_ms.load(Ordering::Relaxed), ms(FIRST_BACKOFF) * 2);
+        breaker.probe_at.store(0, Ordering::Release);
+        let probe = breaker.allow().unwrap();
+        probe.record(true, &"test");
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert_eq!(breaker.backoff_ms.load(Ordering::Relaxed), ms(FIRST_BACKOFF));
+    }
+
+    #[test]
+    fn a_cancelled_probe_counts_as_failed_and_lets_the_next_one_go() {
+        let breaker = Breaker::default();
+        for _ in 0..FAILURES_TO_OPEN {
+            fail(&breaker);
+        }
+        breaker.probe_at.store(0, Ordering::Release);
+        drop(breaker.allow().expect("a probe"));
+        assert_eq!(breaker.state(), BreakerState::Open);
+        breaker.probe_at.store(0, Ordering::Release);
+        assert!(breaker.allow().is_some(), "probing resumes after a cancelled probe");
+    }
+}

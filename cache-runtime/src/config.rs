@@ -1,0 +1,509 @@
+//! Settings: what the environment (or [`CacheBuilder`](crate::CacheBuilder)) says,
+//! validated into typed values.
+//!
+//! | variable | meaning | default |
+//! | --- | --- | --- |
+//! | `REDIS_URL` | `redis://`, `rediss://` (TLS), `redis+cluster://h1:p1,h2:p2` (`rediss+cluster://` for TLS) | unset: in-process memory backend |
+//! | `CACHE_BACKEND` | `redis`, `memory`, `off` | `redis` if `REDIS_URL`, else `memory` |
+//! | `CACHE_NAMESPACE` | first key segment: letters, digits, `-`, `_`, `.` | `aside` |
+//! | `CACHE_KEY_VERSION` | namespace-wide version, at least 1 | `1` |
+//! | `CACHE_MAX_TTL` | ceiling on every TTL written, at most 24 h | `24h` |
+//! | `CACHE_OP_TIMEOUT` | per-operation timeout before failing open | `250ms` |
+//! | `CACHE_MEMORY_CAPACITY` | memory backend bound: `10000` (entries) or `64MiB` (bytes) | `64MiB` |
+//! | `CACHE_MAX_VALUE_SIZE` | larger encoded values are returned but not stored | `1MiB` |
+//! | `CACHE_TLS_CA_FILE` | PEM file of the CA that signed the server's certificate (`rediss://`) | the system's roots |
+//!
+//! Durations are whole seconds (`300`) or humantime strings (`250ms`, `5m`, `1h 30m`).
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// The hard ceiling on every TTL the runtime writes: 24 hours.
+pub const TTL_CEILING: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Which store the cache talks to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// Redis, single node or cluster.
+    Redis(RedisTarget),
+    /// The in-process memory store (moka).
+    Memory,
+    /// No store: every call computes. For tests and emergencies.
+    Off,
+}
+
+/// A parsed Redis URL. Its `Display` and `Debug` never show the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisTarget {
+    url: String,
+    redacted: String,
+    cluster_nodes: Option<Vec<String>>,
+}
+
+impl RedisTarget {
+    /// Parses `redis://`, `rediss://`, `redis+unix://`, `unix://`,
+    /// `redis+cluster://h1:p1,h2:p2` and `rediss+cluster://...`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming `REDIS_URL` and the problem; the message never
+    /// repeats the URL's password.
+    ///
+    /// ```
+    /// use cache_runtime::RedisTarget;
+    /// let target = RedisTarget::parse("redis://app:s3cret@localhost:6379/0").unwrap();
+    /// assert_eq!(target.to_string(), "redis://app:***@localhost:6379/0");
+    /// assert!(RedisTarget::parse("http://localhost").is_err());
+    /// ```
+    pub fn parse(url: &str) -> Result<RedisTarget> {
+        let bad = |problem: String| Error::Config {
+            var: "REDIS_URL",
+            problem,
+        };
+        let url = url.trim();
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(bad("not a URL: expected redis://host:port".into()));
+        };
+        let redacted = redact(url);
+        match scheme {
+            "redis" | "rediss" | "redis+unix" | "unix" => {
+                redis::IntoConnectionInfo::into_connection_info(url).map_err(|_| {
+                    bad(format!(
+                        "`{redacted}` is not a valid Redis URL (redis://[user:password@]host[:port][/db])"
+                    ))
+                })?;
+                Ok(RedisTarget {
+                    url: url.to_owned(),
+                    redacted,
+                    cluster_nodes: None,
+                })
+            }
+            "redis+cluster" | "rediss+cluster" => {
+                let node_scheme = scheme.trim_end_matches("+cluster");
+                let (userinfo, hosts) = match rest.rsplit_once('@') {
+                    Some((userinfo, hosts)) => (Some(userinfo), hosts),
+                    None => (None, rest),
+                };
+                let hosts = hosts.split('/').next().unwrap_or_default();
+                let mut nodes = Vec::new();
+                for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+                    let node = match userinfo {
+                        Some(userinfo) => format!("{node_scheme}://{userinfo}@{host}"),
+                        None => format!("{node_scheme}://{host}"),
+                    };
+                    redis::IntoConnectionInfo::into_connection_info(node.as_str())
+                        .map_err(|_| bad(format!("cluster node `{host}` in `{redacted}` is not host:port")))?;
+                    nodes.push(node);
+                }
+                if nodes.is_empty() {
+                    return Err(bad(format!("`{redacted}` names no cluster node")));
+                }
+                Ok(RedisTarget {
+                    url: url.to_owned(),
+                    redacted,
+                    cluster_nodes: Some(nodes),
+                })
+            }
+            other => Err(bad(format!(
+                "unsupported scheme `{other}://`: expected redis://, rediss://, redis+cluster:// or rediss+cluster://"
+            ))),
+        }
+    }
+
+    /// `true` for `redis+cluster://` and `rediss+cluster://` URLs.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster_nodes.is_some()
+    }
+
+    /// `true` for `rediss://` URLs (TLS).
+    pub fn is_tls(&self) -> bool {
+        self.url.starts_with("rediss")
+    }
+
+    /// The URL with its secrets: for connecting only.
+    pub(crate) fn secret_url(&self) -> &str {
+        &self.url
+    }
+
+    /// The per-node URLs of a cluster target, with credentials.
+    pub(crate) fn cluster_nodes(&self) -> Option<&[String]> {
+        self.cluster_nodes.as_deref()
+    }
+}
+
+impl fmt::Display for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RedisTarget").field(&self.redacted).finish()
+    }
+}
+
+/// Replaces the password of a URL's userinfo with `***`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparsable url>".to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, hosts)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{hosts}"),
+            None if userinfo.is_empty() => format!("{scheme}://@{hosts}"),
+            // `redis://password@host` is not valid userinfo for redis-rs, but hide it anyway.
+            None => format!("{scheme}://***@{hosts}"),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// How large the memory backend may grow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryCapacity {
+    /// At most this many entries.
+    Entries(u64),
+    /// At most this many bytes of keys and encoded values.
+    Bytes(u64),
+}
+
+impl Default for MemoryCapacity {
+    /// 64 MiB of keys and encoded values.
+    fn default() -> Self {
+        MemoryCapacity::Bytes(64 * 1024 * 1024)
+    }
+}
+
+/// Every setting of a [`Cache`](crate::Cache), validated.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub(crate) backend: BackendKind,
+    pub(crate) namespace: String,
+    pub(crate) key_version: u32,
+    pub(crate) max_ttl: Duration,
+    pub(crate) op_timeout: Duration,
+    pub(crate) memory_capacity: MemoryCapacity,
+    pub(crate) max_value_size: usize,
+    pub(crate) tls_ca_pem: Option<Vec<u8>>,
+}
+
+impl Default for Settings {
+    /// The memory backend with every default of the table above.
+    fn default() -> Self {
+        Settings {
+            backend: BackendKind::Memory,
+            namespace: "aside".to_owned(),
+            key_version: 1,
+            max_ttl: TTL_CEILING,
+            op_timeout: Duration::from_millis(250),
+            memory_capacity: MemoryCapacity::default(),
+            max_value_size: 1024 * 1024,
+            tls_ca_pem: None,
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the settings from the process environment.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the first invalid variable and what is wrong.
+    pub fn from_env() -> Result<Settings> {
+        Settings::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the settings through `lookup` (a variable name to its value), as
+    /// [`from_env`](Settings::from_env) does with the environment.
+    ///
+    /// ```
+    /// use cache_runtime::Settings;
+    /// let settings = Settings::from_lookup(|name| match name {
+    ///     "CACHE_NAMESPACE" => Some("shop".to_owned()),
+    ///     "CACHE_MAX_TTL" => Some("1h".to_owned()),
+    ///     _ => None,
+    /// }).unwrap();
+    /// assert_eq!(settings.namespace(), "shop");
+    /// assert_eq!(settings.max_ttl().as_secs(), 3600);
+    ///
+    /// let err = Settings::from_lookup(|name| (name == "CACHE_MAX_TTL").then(|| "48h".to_owned()))
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("CACHE_MAX_TTL"));
+    /// ```
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Settings> {
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let mut settings = Settings::default();
+        let target = get("REDIS_URL").map(|url| RedisTarget::parse(&url)).transpose()?;
+        settings.backend = match (get("CACHE_BACKEND").as_deref(), target) {
+            (None | Some("redis"), Some(target)) => BackendKind::Redis(target),
+            (None | Some("memory"), _) => BackendKind::Memory,
+            (Some("off"), _) => BackendKind::Off,
+            (Some("redis"), None) => {
+                return Err(Error::Config {
+                    var: "CACHE_BACKEND",
+                    problem: "`redis` needs REDIS_URL to be set".into(),
+                })
+            }
+            (Some(other), _) => {
+                return Err(Error::Config {
+                    var: "CACHE_BACKEND",
+                    problem: format!("unknown backend `{other}`: expected redis, memory or off"),
+                })
+            }
+        };
+        if let Some(namespace) = get("CACHE_NAMESPACE") {
+            settings.namespace = validate_namespace("CACHE_NAMESPACE", namespace)?;
+        }
+        if let Some(version) = get("CACHE_KEY_VERSION") {
+            settings.key_version = parse_key_version("CACHE_KEY_VERSION", &version)?;
+        }
+        if let Some(ttl) = get("CACHE_MAX_TTL") {
+            settings.max_ttl = validate_max_ttl("CACHE_MAX_TTL", parse_duration("CACHE_MAX_TTL", &ttl)?)?;
+        }
+        if let Some(timeout) = get("CACHE_OP_TIMEOUT") {
+            settings.op_timeout =
+                validate_op_timeout("CACHE_OP_TIMEOUT", parse_duration("CACHE_OP_TIMEOUT", &timeout)?)?;
+        }
+        if let Some(capacity) = get("CACHE_MEMORY_CAPACITY") {
+            settings.memory_capacity = parse_capacity("CACHE_MEMORY_CAPACITY", &capacity)?;
+        }
+        if let Some(size) = get("CACHE_MAX_VALUE_SIZE") {
+            settings.max_value_size = match parse_capacity("CACHE_MAX_VALUE_SIZE", &size)? {
+                MemoryCapacity::Bytes(n) | MemoryCapacity::Entries(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            };
+        }
+        if let Some(path) = get("CACHE_TLS_CA_FILE") {
+            let pem = std::fs::read(&path).map_err(|e| Error::Config {
+                var: "CACHE_TLS_CA_FILE",
+                problem: format!("cannot read `{path}`: {e}"),
+            })?;
+            settings.tls_ca_pem = Some(validate_ca_pem("CACHE_TLS_CA_FILE", pem)?);
+        }
+        Ok(settings)
+    }
+
+    /// The backend these settings select.
+    pub fn backend(&self) -> &BackendKind {
+        &self.backend
+    }
+
+    /// The first key segment.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The namespace-wide key version.
+    pub fn key_version(&self) -> u32 {
+        self.key_version
+    }
+
+    /// The ceiling on every TTL the runtime writes.
+    pub fn max_ttl(&self) -> Duration {
+        self.max_ttl
+    }
+
+    /// The per-operation timeout.
+    pub fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+
+    /// The memory backend's bound.
+    pub fn memory_capacity(&self) -> MemoryCapacity {
+        self.memory_capacity
+    }
+
+    /// Encoded values larger than this are returned to the caller but not stored.
+    pub fn max_value_size(&self) -> usize {
+        self.max_value_size
+    }
+}
+
+pub(crate) fn validate_ca_pem(var: &'static str, pem: Vec<u8>) -> Result<Vec<u8>> {
+    if pem
+        .windows(b"-----BEGIN CERTIFICATE-----".len())
+        .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+    {
+        Ok(pem)
+    } else {
+        Err(Error::Config {
+            var,
+            problem: "no PEM certificate (-----BEGIN CERTIFICATE-----) in it".to_owned(),
+        })
+    }
+}
+
+/// Parses `300` (seconds) or a humantime string such as `250ms`, `5m`, `1h 30m`.
+pub(crate) fn parse_duration(var: &'static str, text: &str) -> Result<Duration> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text).map_err(|e| Error::Config {
+        var,
+        problem: format!("`{text}` is not a duration ({e}); write e.g. 300, 250ms, 5m or 1h"),
+    })
+}
+
+pub(crate) fn validate_namespace(var: &'static str, namespace: String) -> Result<String> {
+    let ok = !namespace.is_empty()
+        && namespace.len() <= 64
+        && namespace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(namespace)
+    } else {
+        Err(Error::Config {
+            var,
+            problem: format!("`{namespace}` must be 1 to 64 letters, digits, `-`, `_` or `.`"),
+        })
+    }
+}
+
+pub(crate) fn parse_key_version(var: &'static str, text: &str) -> Result<u32> {
+    match text.parse::<u32>() {
+        Ok(v) if v >= 1 => Ok(v),
+        _ => Err(Error::Config {
+            var,
+            problem: format!("`{text}` is not a whole number from 1 to {}", u32::MAX),
+        }),
+    }
+}
+
+pub(crate) fn validate_max_ttl(var: &'static str, ttl: Duration) -> Result<Duration> {
+    if ttl < Duration::from_secs(1) || ttl > TTL_CEILING {
+        return Err(Error::Config {
+            var,
+            problem: format!(
+                "{} is outside 1s..=24h (the ceiling may only be lowered)",
+                humantime::format_duration(ttl)
+            ),
+        });
+    }
+    Ok(ttl)
+}
+
+pub(crate) fn validate_op_timeout(var: &'static str, timeout: Duration) -> Result<Duration> {
+    if timeout.is_zero() || timeout > Duration::from_secs(60) {
+        return Err(Error::Config {
+            var,
+            problem: format!("{} is outside 1ms..=60s", humantime::format_duration(timeout)),
+        });
+    }
+    Ok(timeout)
+}
+
+/// `10000` → entries; `64MiB`, `64MB`, `512KiB`, `1GiB`, `100B` → bytes.
+pub(crate) fn parse_capacity(var: &'static str, text: &str) -> Result<MemoryCapacity> {
+    let text = text.trim();
+    let bad = || Error::Config {
+        var,
+        problem: format!("`{text}` is neither a count of entries (10000) nor a size (64MiB, 512KB, 100B)"),
+    };
+    if let Ok(n) = text.parse::<u64>() {
+        return if n == 0 {
+            Err(bad())
+        } else {
+            Ok(MemoryCapacity::Entries(n))
+        };
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "b" => 1,
+        "kb" => 1_000,
+        "kib" | "k" => 1024,
+        "mb" => 1_000_000,
+        "mib" | "m" => 1024 * 1024,
+        "gb" => 1_000_000_000,
+        "gib" | "g" => 1024 * 1024 * 1024,
+        _ => return Err(bad()),
+    };
+    match number.checked_mul(multiplier) {
+        Some(bytes) if bytes > 0 => Ok(MemoryCapacity::Bytes(bytes)),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn defaults_without_environment() {
+        let s = Settings::from_lookup(lookup(&[])).unwrap();
+        assert_eq!(s.backend, BackendKind::Memory);
+        assert_eq!(s.namespace, "aside");
+        assert_eq!(s.key_version, 1);
+        assert_eq!(s.max_ttl, TTL_CEILING);
+        assert_eq!(s.op_timeout, Duration::from_millis(250));
+        assert_eq!(s.memory_capacity, MemoryCapacity::Bytes(64 * 1024 * 1024));
+    }
+
+    #[test]
+    fn redis_url_selects_redis_and_hides_password() {
+        let s = Settings::from_lookup(lookup(&[("REDIS_URL", "redis://:hunter2@127.0.0.1:7000/2")])).unwrap();
+        let BackendKind::Redis(target) = &s.backend else {
+            panic!("expected redis")
+        };
+        assert_eq!(target.to_string(), "redis://:***@127.0.0.1:7000/2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!target.is_cluster());
+    }
+
+    #[test]
+    fn cluster_url_lists_nodes_with_credentials() {
+        let t = RedisTarget::parse("redis+cluster://u:pw@127.0.0.1:7000,127.0.0.1:7001").unwrap();
+        assert!(t.is_cluster());
+        assert_eq!(
+            t.cluster_nodes().unwrap(),
+            ["redis://u:pw@127.0.0.1:7000", "redis://u:pw@127.0.0.1:7001"]
+        );
+        assert_eq!(t.to_string(), "redis+cluster://u:***@127.0.0.1:7000,127.0.0.1:7001");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_never_the_password() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("REDIS_URL", "http://user:hunter2@x")], "REDIS_URL"),
+            (&[("REDIS_URL", "not a url")], "REDIS_URL"),
+            (&[("REDIS_URL", "redis://:hunter2@host:notaport")], "REDIS_URL"),
+            (&[("CACHE_BACKEND", "tape")], "CACHE_BACKEND"),
+            (&[("CACHE_BACKEND", "redis")], "CACHE_BACKEND"),
+            (&[("CACHE_NAMESPACE", "a:b")], "CACHE_NAMESPACE"),
+            (&[("CACHE_KEY_VERSION", "0")], "CACHE_KEY_VERSION"),
+            (&[("CACHE_MAX_TTL", "25h")], "CACHE_MAX_TTL"),
+            (&[("CACHE_MAX_TTL", "soon")], "CACHE_MAX_TTL"),
+            (&[("CACHE_OP_TIMEOUT", "0")], "CACHE_OP_TIMEOUT"),
+            (&[("CACHE_MEMORY_CAPACITY", "lots")], "CACHE_MEMORY_CAPACITY"),
+        ];
+        for (pairs, var) in cases {
+            let owned: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let err =
+                Settings::from_lookup(|n| owned.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())).expect_err(var);
+            let text = err.to_string();
+            assert!(text.contains(var), "{text}");
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(!format!("{err:?}").contains("hunter2"));
+        }
+    }
+
+    #[test]
+    fn capacities_and_durations() {
+        assert_eq!(parse_capacity("X", "10000").unwrap(), MemoryCapacity::Entries(10_000));
+        assert_eq!(parse_capacity("X", "64MiB").unwrap(), MemoryCapacity::Bytes(64 << 20));
+        assert_eq!(parse_capacity("X", "2KB").unwrap(), MemoryCapacity::Bytes(2000));
+        assert_eq!(parse_duration("X", "300").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("X", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("X", "1h 30m").unwrap(), Duration::from_secs(5400));
+    }
+}

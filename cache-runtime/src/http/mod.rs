@@ -1,0 +1,360 @@
+//! An HTTP response cache for tower services — axum routes among them (feature
+//! `tower`).
+//!
+//! [`CacheLayer`] wraps a route: a `GET` is answered from the cache when it holds
+//! the response, and otherwise the route runs and its response is stored. It goes
+//! through [`Cache::get_or_compute`], so everything the runtime guarantees holds
+//! for responses too: one computation per cold key across processes (stampede
+//! protection), tags and [`Cache::invalidate_tag`], the TTL ceiling, fail-open.
+//!
+//! - **Key**: `{namespace}:http:{name}:v{key_version}.{version}:{digest}`, the
+//!   digest ([`Key::digest`]) of the method, the path, the query string's pairs
+//!   sorted by name (the order of repeated names kept) and the values of the
+//!   headers chosen with [`CacheLayer::vary`]. `?b=2&a=1` and `?a=1&b=2` share an entry.
+//! - **Stored**: only `2xx` responses without `Set-Cookie`, without
+//!   `Cache-Control: no-store`, `private` or `no-cache`, and without a `Vary` on a
+//!   header outside the key. The status, the headers (less hop-by-hop ones and
+//!   `Content-Length`) and the body bytes are kept; bodies count against
+//!   `CACHE_MAX_VALUE_SIZE` in base64 (a larger response is served, not stored).
+//! - **Passed through untouched**: requests other than `GET`, and requests with an
+//!   `Authorization` header (a shared cache must not hand one user's answer to another).
+//! - **Headers**: every response of a cached route carries `X-Cache: HIT` (from the
+//!   cache, including answers computed by a concurrent request) or `X-Cache: MISS`
+//!   (the route ran for this request), and a stored response carries `Age` (whole
+//!   seconds since it was stored; `0` on a miss).
+//! - **Statistics** are kept under the function `http:{name}`.
+//!
+//! ```
+//! # async fn demo() -> cache_runtime::Result<()> {
+//! use std::time::Duration;
+//! use cache_runtime::{http::CacheLayer, Cache};
+//!
+//! let cache = Cache::builder().memory().build().await?;
+//! // For axum: `.route("/api/revenue", get(revenue).layer(revenue_cache))`, and in the
+//! // handler that writes orders: `cache.invalidate_tag("orders").await`.
+//! let revenue_cache = CacheLayer::new(cache.clone())
+//!     .name("revenue")
+//!     .ttl(Duration::from_secs(60))
+//!     .tags(["orders"]);
+//! # let _ = revenue_cache;
+//! # Ok(()) }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+//! ```
+
+mod stored;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ::http::header::{self, HeaderName, HeaderValue};
+use ::http::{request, Method, Request, Response, StatusCode};
+use bytes::Bytes;
+use http_body::Body;
+use http_body_util::{BodyExt as _, Either, Full};
+use serde::Serialize;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::cache::Cache;
+use crate::key::Key;
+use crate::policy::Policy;
+use stored::Stored;
+
+/// The header saying whether a response came from the cache.
+pub const X_CACHE: &str = "x-cache";
+
+/// The key prefix of cached responses.
+pub const PREFIX: &str = "http";
+
+/// The body of a response from a [`CacheService`]: the stored bytes, or the
+/// route's own body when the response was not stored.
+pub type CachedBody<B> = Either<Full<Bytes>, B>;
+
+type TagsFn = dyn Fn(&request::Parts) -> Vec<String> + Send + Sync;
+
+/// A tower [`Layer`] caching the responses of the routes it wraps; see the
+/// [module documentation](self).
+///
+/// ```
+/// # async fn demo() -> cache_runtime::Result<()> {
+/// use std::time::Duration;
+/// use cache_runtime::{http::CacheLayer, Cache};
+/// use http::header::ACCEPT_LANGUAGE;
+///
+/// let cache = Cache::builder().memory().build().await?;
+/// let layer = CacheLayer::new(cache)
+///     .name("catalogue")
+///     .ttl(Duration::from_secs(300))
+///     .stale(Duration::from_secs(60))
+///     .tags(["products"])
+///     // One tag per category, from the request: `invalidate_tag("category:books")`.
+///     .tags_from(|request| {
+///         request.uri.path().strip_prefix("/catalogue/").map(|c| format!("category:{c}")).into_iter().collect()
+///     })
+///     .vary(ACCEPT_LANGUAGE);
+/// # let _ = layer;
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct CacheLayer {
+    cache: Cache,
+    route: Arc<Route>,
+}
+
+#[derive(Clone)]
+struct Route {
+    name: Cow<'static, str>,
+    version: u32,
+    ttl: Duration,
+    stale: Duration,
+    tags: Vec<String>,
+    tags_from: Option<Arc<TagsFn>>,
+    vary: Vec<HeaderName>,
+}
+
+impl fmt::Debug for CacheLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheLayer")
+            .field("name", &self.route.name)
+            .field("version", &self.route.version)
+            .field("ttl", &self.route.ttl)
+            .field("stale", &self.route.stale)
+            .field("tags", &self.route.tags)
+            .field("vary", &self.route.vary)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheLayer {
+    /// Caches responses in `cache` under the name `response` for 60 seconds,
+    /// without tags.
+    pub fn new(cache: Cache) -> CacheLayer {
+        CacheLayer {
+            cache,
+            route: Arc::new(Route {
+                name: Cow::Borrowed("response"),
+                version: 1,
+                ttl: Duration::from_secs(60),
+                stale: Duration::ZERO,
+                tags: Vec::new(),
+                tags_from: None,
+                vary: Vec::new(),
+            }),
+        }
+    }
+
+    fn with(mut self, change: impl FnOnce(&mut Route)) -> CacheLayer {
+        change(Arc::make_mut(&mut self.route));
+        self
+    }
+
+    /// The key segment naming the route (letters, digits, `-`, `_`, `.`), also its
+    /// statistics name `http:{name}`. A name the runtime refuses (white space,
+    /// braces, glob characters) makes every request compute without the cache,
+    /// logged at `warn`.
+    pub fn name(self, name: impl Into<Cow<'static, str>>) -> CacheLayer {
+        self.with(|route| route.name = name.into())
+    }
+
+    /// The key version: bump it when the response's shape changes.
+    pub fn version(self, version: u32) -> CacheLayer {
+        self.with(|route| route.version = version)
+    }
+
+    /// How long a stored response is fresh; clamped to the cache's ceiling (24 h at most).
+    pub fn ttl(self, ttl: Duration) -> CacheLayer {
+        self.with(|route| route.ttl = ttl)
+    }
+
+    /// After the TTL, serve the old response for this long while one request
+    /// refreshes it; also served when that refresh fails (a non-2xx answer).
+    pub fn stale(self, stale: Duration) -> CacheLayer {
+        self.with(|route| route.stale = stale)
+    }
+
+    /// Tags of every stored response of the route, for [`Cache::invalidate_tag`].
+    pub fn tags<T: Into<String>>(self, tags: impl IntoIterator<Item = T>) -> CacheLayer {
+        self.with(|route| route.tags = tags.into_iter().map(Into::into).collect())
+    }
+
+    /// More tags computed from each request (its method, URI and headers), for
+    /// example one per resource id of the path.
+    pub fn tags_from(self, tags: impl Fn(&request::Parts) -> Vec<String> + Send + Sync + 'static) -> CacheLayer {
+        self.with(|route| route.tags_from = Some(Arc::new(tags)))
+    }
+
+    /// Adds a request header to the key, so responses that depend on it
+    /// (`Accept-Language`, `Accept`) are stored once per value. A response with a
+    /// `Vary` on a header not added here is not stored.
+    pub fn vary(self, header: HeaderName) -> CacheLayer {
+        self.with(|route| route.vary.push(header))
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = CacheService<S>;
+
+    fn layer(&self, inner: S) -> CacheService<S> {
+        CacheService {
+            inner,
+            cache: self.cache.clone(),
+            route: Arc::clone(&self.route),
+        }
+    }
+}
+
+/// The service [`CacheLayer`] wraps a route in.
+#[derive(Clone)]
+pub struct CacheService<S> {
+    inner: S,
+    cache: Cache,
+    route: Arc<Route>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for CacheService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheService")
+            .field("inner", &self.inner)
+            .field("route", &self.route.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a response is not served from the stored form.
+enum Bypass<B, E> {
+    /// The route's response, not storable.
+    Response(Response<B>),
+    /// The route failed.
+    Failed(E),
+    /// The route's body failed while being read.
+    Body,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CacheService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<CachedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The clone is the one that is not ready yet; the ready one handles this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if request.method() != Method::GET || request.headers().contains_key(header::AUTHORIZATION) {
+            return Box::pin(async move { Ok(inner.call(request).await?.map(Either::Right)) });
+        }
+        let cache = self.cache.clone();
+        let route = Arc::clone(&self.route);
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let key = route.key(&parts);
+            let policy = route.policy_for(&parts);
+            let request = Request::from_parts(parts, body);
+            let ran = AtomicBool::new(false);
+            let vary = &route.vary;
+            let result: Result<Stored, Bypass<ResBody, S::Error>> = cache
+                .get_or_compute(key, &policy, || async {
+                    let response = inner.call(request).await.map_err(Bypass::Failed)?;
+                    let (parts, body) = response.into_parts();
+                    if !stored::storable(&parts, vary) {
+                        return Err(Bypass::Response(Response::from_parts(parts, body)));
+                    }
+                    let bytes = match body.collect().await {
+                        Ok(collected) => collected.to_bytes(),
+                        Err(error) => {
+                            let error = error.into();
+                            tracing::warn!(target: "aside", %error, "the route's response body failed; answering 500");
+                            return Err(Bypass::Body);
+                        }
+                    };
+                    ran.store(true, Ordering::Relaxed);
+                    Ok(Stored::capture(&parts, bytes))
+                })
+                .await;
+            match result {
+                Ok(stored) => {
+                    let x_cache = if ran.load(Ordering::Relaxed) { "MISS" } else { "HIT" };
+                    Ok(stored.to_response(x_cache).map(Either::Left))
+                }
+                Err(Bypass::Response(mut response)) => {
+                    response
+                        .headers_mut()
+                        .insert(HeaderName::from_static(X_CACHE), HeaderValue::from_static("MISS"));
+                    Ok(response.map(Either::Right))
+                }
+                Err(Bypass::Failed(error)) => Err(error),
+                Err(Bypass::Body) => {
+                    let mut response = Response::new(Either::Left(Full::default()));
+                    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    Ok(response)
+                }
+            }
+        })
+    }
+}
+
+/// What a response's key is made of (digested; never stored as such).
+#[derive(Serialize)]
+struct RequestKey<'a> {
+    method: &'a str,
+    path: &'a str,
+    query: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    headers: Vec<(&'a str, Vec<&'a [u8]>)>,
+}
+
+impl Route {
+    fn key(&self, parts: &request::Parts) -> Key {
+        let mut query: Vec<_> = parts
+            .uri
+            .query()
+            .map(|query| form_urlencoded::parse(query.as_bytes()).collect())
+            .unwrap_or_default();
+        // Stable: repeated names keep their order (`?id=2&id=1` is a list).
+        query.sort_by(|a, b| a.0.cmp(&b.0));
+        let headers = self
+            .vary
+            .iter()
+            .map(|name| {
+                let values = parts.headers.get_all(name).iter().map(HeaderValue::as_bytes).collect();
+                (name.as_str(), values)
+            })
+            .collect();
+        let key = RequestKey {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query,
+            headers,
+        };
+        Key::digest(PREFIX, self.name.clone(), self.version, &key)
+    }
+
+    fn policy_for(&self, parts: &request::Parts) -> Policy {
+        let extra = self
+            .tags_from
+            .as_ref()
+            .map(|tags_from| tags_from(parts))
+            .unwrap_or_default();
+        Policy::new(self.ttl)
+            .stale(self.stale)
+            .function(format!("{PREFIX}:{}", self.name))
+            .tags(self.tags.iter().cloned().chain(extra))
+    }
+}

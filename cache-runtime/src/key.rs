@@ -1,0 +1,402 @@
+//! Keys: the stable layout every entry is stored under.
+//!
+//! A function's entry lives at
+//! `{namespace}:{prefix}:{name}:v{key_version}.{version}:{args}`, where `{args}` is
+//! either a readable rendering of the arguments (`key = "{region}:{month}"`) with
+//! every value escaped, or the 128-bit xxh3 digest of the canonical JSON of the key
+//! arguments, as 32 hex digits. Hand-written keys ([`Key::raw`]) live at
+//! `{namespace}:{key}`.
+//!
+//! Escaping keeps values from forging structure: every byte of a rendered value
+//! other than ASCII letters, digits, `-`, `_` and `.` is percent-encoded, so a
+//! value can never produce `:`, `*`, `?`, `[`, `{`, `}`, `%` or white space of its
+//! own. `null` renders as `~`, which no escaped string can produce.
+
+use std::borrow::Cow;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// Bytes of a rendered value left as they are; everything else is percent-encoded.
+const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
+
+/// Where an entry lives, before the cache adds its namespace and key version.
+///
+/// Built by `#[cached]` for each call, or by hand:
+///
+/// ```
+/// use cache_runtime::Key;
+/// // A hand-written key: stored at "{namespace}:user:42".
+/// let user = Key::raw("user:42");
+/// // A function key with the arguments digested.
+/// let revenue = Key::digest("computed", "revenue", 1, &("eu", 11));
+/// // A function key with the arguments rendered readably.
+/// use cache_runtime::key::Piece;
+/// let readable = Key::template("computed", "revenue", 1, [Piece::value(&"eu"), Piece::Lit(":"), Piece::value(&11)]);
+/// # let _ = (user, revenue, readable);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Key(Repr);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Repr {
+    Raw(String),
+    Function {
+        prefix: Cow<'static, str>,
+        name: Cow<'static, str>,
+        version: u32,
+        args: String,
+    },
+    Invalid(String),
+}
+
+/// One piece of a `key = "..."` template: literal text, or an argument's rendered value.
+#[derive(Clone, Debug)]
+pub enum Piece {
+    /// Text written as it is.
+    Lit(&'static str),
+    /// A value rendered by [`Piece::value`], or why it could not be.
+    Value(std::result::Result<String, String>),
+}
+
+impl Piece {
+    /// Renders `value` for a key or tag: strings as themselves, numbers and booleans
+    /// as their JSON text, `null` as `~`, arrays and objects as canonical JSON; then escaped.
+    pub fn value<T: Serialize + ?Sized>(value: &T) -> Piece {
+        Piece::Value(render_value(value).map_err(|e| e.to_string()))
+    }
+}
+
+impl Key {
+    /// A hand-written key, stored at `{namespace}:{key}`.
+    ///
+    /// Hash-slot braces are reserved for the runtime: a key containing `{` or `}`
+    /// is rejected when used.
+    pub fn raw(key: impl Into<String>) -> Key {
+        let key = key.into();
+        if key.contains(['{', '}']) {
+            return Key(Repr::Invalid(format!(
+                "key `{key}` contains `{{` or `}}`, which are reserved for hash slots"
+            )));
+        }
+        if key.is_empty() {
+            return Key(Repr::Invalid("empty key".to_owned()));
+        }
+        Key(Repr::Raw(key))
+    }
+
+    /// A function's key whose argument segment is the 128-bit xxh3 digest of the
+    /// canonical JSON of `args` (object keys sorted at every depth), as 32 hex digits.
+    pub fn digest<A: Serialize + ?Sized>(
+        prefix: impl Into<Cow<'static, str>>,
+        name: impl Into<Cow<'static, str>>,
+        version: u32,
+        args: &A,
+    ) -> Key {
+        match canonical_json(args) {
+            Ok(json) => Key::function(prefix.into(), name.into(), version, digest_hex(&json)),
+            Err(e) => Key(Repr::Invalid(e.to_string())),
+        }
+    }
+
+    /// A function's key whose argument segment is the concatenation of `pieces`.
+    pub fn template(
+        prefix: impl Into<Cow<'static, str>>,
+        name: impl Into<Cow<'static, str>>,
+        version: u32,
+        pieces: impl IntoIterator<Item = Piece>,
+    ) -> Key {
+        match concat(pieces) {
+            Ok(args) => Key::function(prefix.into(), name.into(), version, args),
+            Err(problem) => Key(Repr::Invalid(problem)),
+        }
+    }
+
+    fn function(prefix: Cow<'static, str>, name: Cow<'static, str>, version: u32, args: String) -> Key {
+        for (what, segment) in [("prefix", &prefix), ("name", &name)] {
+            if segment.is_empty() || segment.contains(|c: char| c.is_whitespace() || "{}*?[]".contains(c)) {
+                return Key(Repr::Invalid(format!(
+                    "{what} `{segment}` must be non-empty, without white space, braces or glob characters"
+                )));
+            }
+        }
+        Key(Repr::Function {
+            prefix,
+            name,
+            version,
+            args,
+        })
+    }
+
+    /// `prefix:name` for a function's key — the name its statistics are kept
+    /// under — `None` for a hand-written key.
+    pub fn function_name(&self) -> Option<String> {
+        match &self.0 {
+            Repr::Function { prefix, name, .. } => Some(format!("{prefix}:{name}")),
+            _ => None,
+        }
+    }
+
+    /// The full key under `namespace` and the namespace-wide `key_version`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Key`] when the key could not be built (an argument failed to
+    /// serialize, or a raw key used reserved characters).
+    pub(crate) fn render(&self, namespace: &str, key_version: u32) -> Result<String> {
+        // On every call's path: one allocation of the right size, no formatting machinery.
+        let mut full;
+        match &self.0 {
+            Repr::Raw(key) => {
+                full = String::with_capacity(namespace.len() + 1 + key.len());
+                full.push_str(namespace);
+                full.push(':');
+                full.push_str(key);
+            }
+            Repr::Function {
+                prefix,
+                name,
+                version,
+                args,
+            } => {
+                full = String::with_capacity(namespace.len() + prefix.len() + name.len() + args.len() + 26);
+                for segment in [namespace, prefix, name] {
+                    full.push_str(segment);
+                    full.push(':');
+                }
+                full.push('v');
+                push_decimal(&mut full, key_version);
+                full.push('.');
+                push_decimal(&mut full, *version);
+                full.push(':');
+                full.push_str(args);
+            }
+            Repr::Invalid(problem) => return Err(Error::Key(problem.clone())),
+        }
+        Ok(full)
+    }
+}
+
+fn push_decimal(out: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &digit in &digits[at..] {
+        out.push(char::from(digit));
+    }
+}
+
+impl From<&str> for Key {
+    fn from(key: &str) -> Key {
+        Key::raw(key)
+    }
+}
+
+impl From<String> for Key {
+    fn from(key: String) -> Key {
+        Key::raw(key)
+    }
+}
+
+impl From<&String> for Key {
+    fn from(key: &String) -> Key {
+        Key::raw(key.as_str())
+    }
+}
+
+impl From<&Key> for Key {
+    fn from(key: &Key) -> Key {
+        key.clone()
+    }
+}
+
+/// Joins template pieces, or says which value failed to render.
+pub(crate) fn concat(pieces: impl IntoIterator<Item = Piece>) -> std::result::Result<String, String> {
+    let mut text = String::new();
+    for piece in pieces {
+        match piece {
+            Piece::Lit(lit) => text.push_str(lit),
+            Piece::Value(Ok(value)) => text.push_str(&value),
+            Piece::Value(Err(problem)) => return Err(problem),
+        }
+    }
+    Ok(text)
+}
+
+/// The name of type `T` without its module path or generic arguments:
+/// `my_app::reports::Report<u32>` gives `Report`. Names methods' keys (`Report::total`).
+pub fn short_type_name<T: ?Sized>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base)
+}
+
+/// Renders one value for a key template or a tag (see [`Piece::value`]).
+///
+/// # Errors
+///
+/// [`Error::Key`] when the value does not serialize to JSON.
+pub fn render_value<T: Serialize + ?Sized>(value: &T) -> Result<String> {
+    let value = serde_json::to_value(value).map_err(|e| Error::Key(e.to_string()))?;
+    Ok(match value {
+        Value::Null => "~".to_owned(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => escape(&n.to_string()),
+        Value::String(s) => escape(&s),
+        other => escape(&canonical_text(other)),
+    })
+}
+
+/// Percent-encodes everything but ASCII letters, digits, `-`, `_` and `.`.
+pub fn escape(text: &str) -> String {
+    utf8_percent_encode(text, ESCAPED).to_string()
+}
+
+/// The canonical JSON of `value`: object keys sorted at every depth, no white space.
+pub(crate) fn canonical_json<T: Serialize + ?Sized>(value: &T) -> Result<String> {
+    // JSON without a `{` has no object whose keys could be out of order: it is
+    // canonical as written, which spares building a `Value` on every call.
+    let direct = serde_json::to_string(value).map_err(|e| Error::Key(e.to_string()))?;
+    if !direct.contains('{') {
+        return Ok(direct);
+    }
+    let value = serde_json::to_value(value).map_err(|e| Error::Key(e.to_string()))?;
+    Ok(canonical_text(value))
+}
+
+fn canonical_text(value: Value) -> String {
+    // `serde_json::Map` is sorted unless a crate enables `preserve_order`; sort
+    // explicitly so the digest never depends on the feature set of the build.
+    fn sort(value: Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                Value::Object(entries.into_iter().map(|(k, v)| (k, sort(v))).collect())
+            }
+            Value::Array(items) => Value::Array(items.into_iter().map(sort).collect()),
+            scalar => scalar,
+        }
+    }
+    sort(value).to_string()
+}
+
+/// 32 lowercase hex digits of the xxh3-128 of `text`.
+pub(crate) fn digest_hex(text: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = xxhash_rust::xxh3::xxh3_128(text.as_bytes());
+    digest
+        .to_be_bytes()
+        .iter()
+        .flat_map(|byte| [HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]])
+        .map(char::from)
+        .collect()
+}
+
+/// The key of something that must share a hash slot with `entry` (its lease, its
+/// metadata): `{entry}:suffix`. Entry keys never contain braces, so the whole entry
+/// key is the hash tag and both keys land in the entry's slot.
+pub(crate) fn companion_key(entry: &str, suffix: &str) -> String {
+    format!("{{{entry}}}:{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn golden_layout() {
+        // The digest is xxh3-128 of the canonical JSON `["eu",11]`, checked
+        // independently: python3 -c 'import xxhash; print(xxhash.xxh3_128_hexdigest(b"[\"eu\",11]"))'
+        let key = Key::digest("computed", "revenue_by_region", 1, &("eu", 11));
+        assert_eq!(
+            key.render("aside", 1).unwrap(),
+            "aside:computed:revenue_by_region:v1.1:6a8dd4d7e92c904ce2661629e20e6d38"
+        );
+    }
+
+    #[test]
+    fn rendering_matches_the_layout_for_every_version() {
+        for (kv, v) in [(1, 1), (0, 0), (10, 7), (u32::MAX, 4_000_000_000)] {
+            let key = Key::template("p", "n", v, [Piece::Lit("a")]);
+            assert_eq!(key.render("ns", kv).unwrap(), format!("ns:p:n:v{kv}.{v}:a"));
+        }
+    }
+
+    #[test]
+    fn canonical_json_sorts_objects_and_keeps_scalars_as_written() {
+        assert_eq!(
+            canonical_json(&("eu", 11, -1.5, "{not an object}")).unwrap(),
+            r#"["eu",11,-1.5,"{not an object}"]"#
+        );
+        let mut map = std::collections::BTreeMap::new();
+        map.insert("b", 1);
+        map.insert("a", 2);
+        #[derive(serde::Serialize)]
+        struct Unsorted {
+            z: u8,
+            a: u8,
+        }
+        assert_eq!(
+            canonical_json(&(map, Unsorted { z: 1, a: 2 })).unwrap(),
+            r#"[{"a":2,"b":1},{"a":2,"z":1}]"#
+        );
+    }
+
+    #[test]
+    fn digest_ignores_map_order() {
+        let mut a = HashMap::new();
+        let mut b = HashMap::new();
+        for i in 0..50 {
+            a.insert(format!("k{i}"), i);
+        }
+        for i in (0..50).rev() {
+            b.insert(format!("k{i}"), i);
+        }
+        assert_eq!(Key::digest("p", "n", 1, &a), Key::digest("p", "n", 1, &b));
+    }
+
+    #[test]
+    fn rendered_values_cannot_forge_structure() {
+        for (input, expected) in [
+            ("eu", "eu"),
+            ("a:b", "a%3Ab"),
+            ("*", "%2A"),
+            ("{x}", "%7Bx%7D"),
+            ("a b\n", "a%20b%0A"),
+            ("é", "%C3%A9"),
+            ("~", "%7E"),
+            ("50%", "50%25"),
+            ("2026-11_a.b", "2026-11_a.b"),
+        ] {
+            assert_eq!(render_value(input).unwrap(), expected, "{input:?}");
+        }
+        assert_eq!(render_value(&Option::<u8>::None).unwrap(), "~");
+        assert_eq!(render_value(&Some("~")).unwrap(), "%7E");
+        assert_eq!(render_value(&11).unwrap(), "11");
+        assert_eq!(render_value(&-1.5).unwrap(), "-1.5");
+        assert_eq!(render_value(&true).unwrap(), "true");
+    }
+
+    #[test]
+    fn raw_keys_reject_braces() {
+        assert!(Key::raw("user:{42}").render("aside", 1).is_err());
+        assert_eq!(Key::raw("user:42").render("app", 3).unwrap(), "app:user:42");
+    }
+
+    #[test]
+    fn companion_shares_the_slot_of_the_entry() {
+        assert_eq!(companion_key("aside:p:n:v1.1:x", "lease"), "{aside:p:n:v1.1:x}:lease");
+    }
+}

@@ -1,0 +1,61 @@
+//! The runtime of [aside](https://docs.rs/aside): everything `#[cached]` functions
+//! do at run time lives here — the [`Cache`] handle, the Redis and memory
+//! backends, [keys](key), [policy], [statistics](Stats) and [settings](config).
+//!
+//! Users depend on the `aside` facade, which re-exports this crate; the items are
+//! documented here.
+//!
+//! ```
+//! # async fn demo() -> cache_runtime::Result<()> {
+//! use std::time::Duration;
+//! use cache_runtime::{Cache, Policy};
+//!
+//! // No REDIS_URL: the in-process memory backend.
+//! let cache = Cache::builder().build().await?;
+//! let policy = Policy::new(Duration::from_secs(300));
+//! let total: Result<u64, std::io::Error> =
+//!     cache.get_or_compute("orders:total", &policy, || async { Ok(1234) }).await;
+//! assert_eq!(total.ok(), Some(1234));
+//! # Ok(()) }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod backend;
+mod breaker;
+mod cache;
+pub mod config;
+mod entry;
+mod error;
+mod events;
+mod glob;
+mod global;
+#[cfg(feature = "tower")]
+pub mod http;
+pub mod key;
+mod lock;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+mod outcome;
+pub mod policy;
+#[cfg(feature = "sessions")]
+pub mod session;
+mod stats;
+mod tags;
+mod waiters;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use breaker::BreakerState;
+pub use cache::{Cache, CacheBuilder};
+pub use config::{BackendKind, MemoryCapacity, RedisTarget, Settings, TTL_CEILING};
+pub use error::{Error, Result};
+pub use events::{Events, Invalidation, InvalidationKind};
+pub use global::{invalidate_key, invalidate_pattern, invalidate_tag, stats};
+pub use key::Key;
+pub use outcome::{Outcome, Plain};
+pub use policy::Policy;
+pub use stats::{Counters, Stats};

@@ -1,0 +1,195 @@
+//! How an entry is cached: fresh lifetime, stale window, lock lease, waiting, tags.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+/// How `get_or_compute` caches one call: the arguments of `#[cached]`, as a value.
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_runtime::Policy;
+///
+/// let policy = Policy::new(Duration::from_secs(300))
+///     .stale(Duration::from_secs(60))
+///     .function("computed:revenue")
+///     .tags(["orders", "region:eu"]);
+/// assert_eq!(policy.ttl(), Duration::from_secs(300));
+/// assert_eq!(policy.tag_list(), ["orders", "region:eu"]);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    ttl: Duration,
+    stale: Duration,
+    lock_ttl: Duration,
+    wait: Duration,
+    cache_none: bool,
+    function: Option<Cow<'static, str>>,
+    tags: Vec<String>,
+    /// Why a tag could not be rendered: the call then computes without the cache,
+    /// since an entry missing a tag could survive that tag's invalidation.
+    unusable: Option<String>,
+}
+
+impl Default for Policy {
+    /// A 300 s TTL, no stale window, a 30 s lock lease and a 10 s wait.
+    fn default() -> Self {
+        Policy::new(Duration::from_secs(300))
+    }
+}
+
+impl Policy {
+    /// A policy with fresh lifetime `ttl` and the defaults of everything else.
+    ///
+    /// A zero `ttl` is accepted here and refused when storing: the value is still
+    /// returned, nothing is written, and the error is logged and counted.
+    pub const fn new(ttl: Duration) -> Policy {
+        Policy {
+            ttl,
+            stale: Duration::ZERO,
+            lock_ttl: Duration::from_secs(30),
+            wait: Duration::from_secs(10),
+            cache_none: false,
+            function: None,
+            tags: Vec::new(),
+            unusable: None,
+        }
+    }
+
+    /// After `ttl`, serve the old value for this long while one caller refreshes it.
+    pub const fn stale(mut self, stale: Duration) -> Policy {
+        self.stale = stale;
+        self
+    }
+
+    /// The stampede lock's lease, renewed while the computation runs.
+    pub const fn lock_ttl(mut self, lock_ttl: Duration) -> Policy {
+        self.lock_ttl = lock_ttl;
+        self
+    }
+
+    /// How long a caller waits for another's computation before computing itself.
+    pub const fn wait(mut self, wait: Duration) -> Policy {
+        self.wait = wait;
+        self
+    }
+
+    /// For `Option<T>` results: also cache `None`.
+    pub const fn cache_none(mut self, cache_none: bool) -> Policy {
+        self.cache_none = cache_none;
+        self
+    }
+
+    /// The name statistics are kept under (`prefix:name` for `#[cached]` functions).
+    pub fn function(mut self, name: impl Into<Cow<'static, str>>) -> Policy {
+        self.function = Some(name.into());
+        self
+    }
+
+    /// Tags recorded with the entry, for [`invalidate_tag`](crate::Cache::invalidate_tag).
+    pub fn tags<T: Into<String>>(mut self, tags: impl IntoIterator<Item = T>) -> Policy {
+        self.tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Adds one tag rendered from a template: literal text and escaped argument
+    /// values, as `tags = ["region:{region}"]` writes it.
+    ///
+    /// ```
+    /// use cache_runtime::{key::Piece, Policy};
+    /// let policy = Policy::default().tag([Piece::Lit("region:"), Piece::value("eu west")]);
+    /// assert_eq!(policy.tag_list(), ["region:eu%20west"]);
+    /// ```
+    pub fn tag(mut self, pieces: impl IntoIterator<Item = crate::key::Piece>) -> Policy {
+        match crate::key::concat(pieces) {
+            Ok(tag) => self.tags.push(tag),
+            Err(problem) => {
+                self.unusable
+                    .get_or_insert(format!("a tag cannot be rendered: {problem}"));
+            }
+        }
+        self
+    }
+
+    /// Why this policy cannot be used to store, if a tag failed to render.
+    pub(crate) fn unusable(&self) -> Option<&str> {
+        self.unusable.as_deref()
+    }
+
+    /// The fresh lifetime.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The stale window after the fresh lifetime.
+    pub fn stale_window(&self) -> Duration {
+        self.stale
+    }
+
+    /// The lock lease.
+    pub fn lock_lease(&self) -> Duration {
+        self.lock_ttl
+    }
+
+    /// The wait before computing without the lock.
+    pub fn wait_limit(&self) -> Duration {
+        self.wait
+    }
+
+    /// Whether `None` is cached.
+    pub fn caches_none(&self) -> bool {
+        self.cache_none
+    }
+
+    /// The statistics name, if any.
+    pub fn function_name(&self) -> Option<&str> {
+        self.function.as_deref()
+    }
+
+    /// The tags.
+    pub fn tag_list(&self) -> &[String] {
+        &self.tags
+    }
+}
+
+/// A TTL after the ceiling was applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Clamped {
+    pub(crate) ttl: Duration,
+    pub(crate) clamped: bool,
+}
+
+/// Applies `ceiling` to `ttl`.
+pub(crate) fn clamp(ttl: Duration, ceiling: Duration) -> Clamped {
+    if ttl > ceiling {
+        Clamped {
+            ttl: ceiling,
+            clamped: true,
+        }
+    } else {
+        Clamped { ttl, clamped: false }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clamping() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            clamp(Duration::from_secs(10), day),
+            Clamped {
+                ttl: Duration::from_secs(10),
+                clamped: false
+            }
+        );
+        assert_eq!(
+            clamp(day * 2, day),
+            Clamped {
+                ttl: day,
+                clamped: true
+            }
+        );
+    }
+}

@@ -1,0 +1,462 @@
+//! The `#[cached]` attribute of [aside](https://docs.rs/aside). Use it through the
+//! `aside` crate (`use aside::cached;`): the code it generates calls into
+//! `aside::__private`, and everything that happens at run time lives in the runtime.
+//!
+//! The crate is three files: `lib.rs` (these docs and the entry point), `attr.rs`
+//! (parsing the arguments) and `expand.rs` (checking them and generating code).
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
+
+mod attr;
+mod expand;
+
+use proc_macro::TokenStream;
+
+/// Makes an expensive `async fn` cache itself: in Redis when `REDIS_URL` is set,
+/// else in process memory.
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use aside::cached;
+///
+/// # pub struct Db;
+/// # #[derive(Debug)] pub struct DbError;
+/// static QUERIES: AtomicUsize = AtomicUsize::new(0);
+///
+/// #[cached(prefix = "computed", ttl = 300, tags = ["orders", "region:{region}"], skip(db))]
+/// async fn revenue_by_region(db: &Db, region: &str, month: u32) -> Result<u64, DbError> {
+///     QUERIES.fetch_add(1, Ordering::SeqCst); // one slow aggregation
+///     Ok(1_000 * u64::from(month))
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let db = Db;
+/// assert_eq!(revenue_by_region(&db, "eu", 11).await.unwrap(), 11_000); // miss: computes, stores
+/// assert_eq!(revenue_by_region(&db, "eu", 11).await.unwrap(), 11_000); // hit: no query
+/// assert_eq!(QUERIES.load(Ordering::SeqCst), 1);
+///
+/// assert!(revenue_by_region_invalidate("eu", 11).await?); // drops that entry
+/// revenue_by_region(&db, "eu", 11).await.unwrap();
+/// assert_eq!(QUERIES.load(Ordering::SeqCst), 2);
+/// # Ok(()) }
+/// ```
+///
+/// The body runs only on a miss. Errors of the cache itself never reach the caller:
+/// when Redis is down, slow, or an entry does not decode, the function computes
+/// (fail-open), and the runtime logs through `tracing` and counts.
+///
+/// # What it generates
+///
+/// The function keeps its name, signature, attributes and visibility; its body
+/// becomes one call into the runtime, `Cache::get_or_compute(key, &policy, || async
+/// move { <your body> })`, with the key and policy built from the arguments first.
+/// `return` and `?` in the body are the body's own, exactly as before.
+///
+/// Beside it, with the same visibility and `#[cfg]`s (and inside the `impl` block
+/// for methods), three companions:
+///
+/// | companion | does |
+/// | --- | --- |
+/// | `<fn>_invalidate(key args) -> Result<bool, aside::Error>` | deletes the entry; `true` if one existed |
+/// | `<fn>_refresh(all args) -> <fn's return type>` | runs the body now and overwrites the entry (warm-up, write-through) |
+/// | `<fn>_key(key args) -> String` | the full key, for logs and debugging |
+///
+/// "Key args" are the arguments not in [`skip`](#skip), in order — plus those the
+/// [`cache`](#cache) expression needs: `&self` for `cache = self.cache`, or a skipped
+/// argument it names. `_invalidate` and `_refresh` are `async`; `_key` is not, and
+/// gives `<no key: reason>` when an argument cannot be rendered (for instance a map
+/// with non-string keys in a `key = "..."` template). Unused companions are not
+/// reported as dead code; an unused cached function still is.
+///
+/// ```
+/// # use aside::cached;
+/// #[cached(ttl = 60)]
+/// pub async fn price(sku: &str) -> u64 {
+///     sku.len() as u64 * 100
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), aside::Error> {
+/// assert_eq!(price("abc").await, 300);
+/// assert_eq!(price_refresh("abc").await, 300); // computed again and stored
+/// assert!(price_key("abc").starts_with("aside:computed:price:v1.1:"));
+/// assert!(price_invalidate("abc").await?);
+/// assert!(!price_invalidate("abc").await?); // already gone
+/// # Ok(()) }
+/// ```
+///
+/// # Return types
+///
+/// What is stored is chosen by how the return type is written:
+///
+/// - `Result<T, E>` (any path ending in `Result`, such as `io::Result<T>` or
+///   `anyhow::Result<T>`): only `Ok` is stored; an `Err` is returned as is and the
+///   next call computes again. `T` must be `Serialize + DeserializeOwned`.
+/// - `Option<T>`: `Some` is stored; `None` only with [`cache_none`](#cache_none).
+/// - anything else: always stored, and must be `Serialize + DeserializeOwned`.
+///
+/// A type alias of a `Result` or `Option` (`type Answer = Result<u64, MyError>;`)
+/// is not recognized as one: it is stored as a plain value, errors included (and so
+/// the error type must be serializable too). Write `Result<..>` in the signature to
+/// cache only `Ok`. A function must return a value: `()` is a compile error.
+///
+/// ```
+/// # use std::sync::atomic::{AtomicUsize, Ordering};
+/// # use aside::cached;
+/// static CALLS: AtomicUsize = AtomicUsize::new(0);
+///
+/// #[cached]
+/// async fn parse(text: &str) -> Result<u32, std::num::ParseIntError> {
+///     CALLS.fetch_add(1, Ordering::SeqCst);
+///     text.parse()
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert!(parse("x").await.is_err());
+/// assert!(parse("x").await.is_err()); // errors are not cached: computed again
+/// assert_eq!(CALLS.load(Ordering::SeqCst), 2);
+/// # }
+/// ```
+///
+/// # Keys
+///
+/// An entry lives at `{namespace}:{prefix}:{name}:v{key_version}.{version}:{args}`,
+/// where `{args}` is the 128-bit digest of the canonical JSON of the key arguments
+/// (or the [`key`](#key) rendering). Every key argument must be `Serialize`; a
+/// compile error points at the one that is not. The namespace (`CACHE_NAMESPACE`,
+/// default `aside`) and key version (`CACHE_KEY_VERSION`, default 1) come from the
+/// cache.
+///
+/// Type parameters are not part of the key: `get::<A>(1)` and `get::<B>(1)` share
+/// an entry unless an argument tells them apart (a value of the other type decodes
+/// as a miss and is overwritten). Give each instantiation its own [`name`](#name)
+/// through a wrapper function if they can be called with the same arguments.
+///
+/// # Methods
+///
+/// `self` is never part of the key: skip it with `skip(self)` and keep what
+/// identifies the entry in the arguments (or put `self`'s fields in
+/// [`tags`](#tags)). The default name is `Type::method`, `Type` being the
+/// implementing type without module path or generic arguments. Associated functions
+/// without a receiver are named after the function alone: give them a
+/// [`name`](#name) when two types' functions share one. The attribute works in
+/// inherent `impl` blocks, not in trait impls (the companions would not be members
+/// of the trait).
+///
+/// ```
+/// # use std::sync::atomic::{AtomicUsize, Ordering};
+/// use aside::{cached, Cache};
+///
+/// struct Reports {
+///     cache: Cache,
+///     runs: AtomicUsize,
+/// }
+///
+/// impl Reports {
+///     #[cached(skip(self), cache = self.cache)]
+///     async fn total(&self, month: u32) -> u64 {
+///         self.runs.fetch_add(1, Ordering::SeqCst);
+///         u64::from(month) * 7
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), aside::Error> {
+/// let reports = Reports { cache: Cache::builder().memory().build().await?, runs: AtomicUsize::new(0) };
+/// assert_eq!(reports.total(3).await, 21);
+/// assert_eq!(reports.total(3).await, 21);
+/// assert_eq!(reports.runs.load(Ordering::SeqCst), 1);
+/// assert!(reports.total_key(3).starts_with("aside:computed:Reports::total:v1.1:"));
+/// assert!(reports.total_invalidate(3).await?); // `&self`: the cache comes from it
+/// # Ok(()) }
+/// ```
+///
+/// # `ttl`
+///
+/// How long a stored value is fresh: whole seconds (`ttl = 300`) or a duration
+/// string (`ttl = "5m"`, `"1h 30m"`, `"90s"`), from 1 s to 24 h — anything else is
+/// a compile error. Default: 300 s.
+///
+/// ```
+/// # use aside::cached;
+/// #[cached(ttl = "10m")]
+/// async fn exchange_rate(currency: &str) -> f64 {
+///     if currency == "EUR" { 1.08 } else { 1.0 }
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(exchange_rate("EUR").await, 1.08);
+/// assert_eq!(aside::stats().function("computed:exchange_rate").misses, 1);
+/// assert_eq!(exchange_rate("EUR").await, 1.08);
+/// assert_eq!(aside::stats().function("computed:exchange_rate").hits, 1);
+/// # }
+/// ```
+///
+/// # `prefix`
+///
+/// The key segment grouping related functions (`reports:...`, `users:...`), so
+/// that their entries can be found or dropped together. No white space, braces or
+/// glob characters. Default: `"computed"`.
+///
+/// ```
+/// # use aside::cached;
+/// #[cached(prefix = "reports")]
+/// async fn daily(day: u32) -> u32 {
+///     day
+/// }
+/// # fn main() {
+/// assert!(daily_key(1).starts_with("aside:reports:daily:"));
+/// # }
+/// ```
+///
+/// # `name`
+///
+/// The key segment naming the function, and (as `prefix:name`) the name its
+/// statistics are kept under. Default: the function's name; `Type::name` for methods.
+/// Keep it when renaming a function to keep its entries.
+///
+/// ```
+/// # use aside::cached;
+/// #[cached(name = "revenue")]
+/// async fn revenue_v2(month: u32) -> u64 {
+///     u64::from(month)
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// revenue_v2(1).await;
+/// assert!(revenue_v2_key(1).starts_with("aside:computed:revenue:"));
+/// assert_eq!(aside::stats().function("computed:revenue").computations, 1);
+/// # }
+/// ```
+///
+/// # `version`
+///
+/// Part of the key (`v{key_version}.{version}`): bump it when the cached type
+/// changes shape, and the old entries become unreachable (they expire on their own).
+/// Default: 1.
+///
+/// ```
+/// # use aside::cached;
+/// #[cached(version = 2)]
+/// async fn profile(user: u64) -> (u64, String) {
+///     (user, "new shape".to_owned())
+/// }
+/// # fn main() {
+/// assert!(profile_key(7).starts_with("aside:computed:profile:v1.2:"));
+/// # }
+/// ```
+///
+/// # `tags`
+///
+/// Tags recorded with each entry, to invalidate many entries at once (all entries
+/// tagged `region:eu`, whatever their function and arguments). `{arg}` and
+/// `{arg.field}` insert an argument's value, escaped like a key value; tags may use
+/// skipped arguments and `self`. Two placeholders must be separated by something
+/// other than letters, digits, `.`, `_` and `-` (write `{a}:{b}`), since values may
+/// contain those.
+///
+/// ```
+/// # use aside::cached;
+/// #[cached(tags = ["orders", "customer:{customer}"])]
+/// async fn orders(customer: u64, page: u32) -> Vec<u64> {
+///     vec![customer, u64::from(page)]
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(orders(42, 1).await, [42, 1]);
+/// assert_eq!(orders(42, 1).await, [42, 1]);
+/// assert_eq!(aside::stats().function("computed:orders").hits, 1);
+/// # }
+/// ```
+///
+/// # `skip`
+///
+/// Arguments left out of the key: connection pools, clients, `self`. They need not
+/// be `Serialize`, and the `_invalidate` and `_key` companions do not take them.
+/// A skipped argument must not change the result, or calls differing only in it
+/// would share an entry. Arguments are named, so a destructuring pattern in the
+/// signature (`(a, b): (u32, u32)`) is a compile error: bind it to a name.
+///
+/// ```
+/// # use std::sync::atomic::{AtomicUsize, Ordering};
+/// # use aside::cached;
+/// struct Pool {
+///     queries: AtomicUsize,
+/// }
+///
+/// #[cached(skip(pool))]
+/// async fn user_name(pool: &Pool, id: u64) -> String {
+///     pool.queries.fetch_add(1, Ordering::SeqCst);
+///     format!("user {id}")
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), aside::Error> {
+/// let (a, b) = (Pool { queries: AtomicUsize::new(0) }, Pool { queries: AtomicUsize::new(0) });
+/// user_name(&a, 1).await;
+/// user_name(&b, 1).await; // another pool, same key: a hit
+/// assert_eq!(a.queries.load(Ordering::SeqCst) + b.queries.load(Ordering::SeqCst), 1);
+/// assert!(user_name_invalidate(1).await?); // no pool needed
+/// # Ok(()) }
+/// ```
+///
+/// # `key`
+///
+/// A readable key segment from the arguments instead of the digest:
+/// `key = "{region}:{month}"`. Each value is escaped (every byte but ASCII letters,
+/// digits, `-`, `_` and `.` is percent-encoded), so a value cannot forge `:`, `*`,
+/// braces or white space. The template must use every key argument (or they would
+/// share entries), may not use skipped ones, and needs a separator such as `:`
+/// between two placeholders.
+///
+/// ```
+/// # use aside::cached;
+/// #[cached(prefix = "reports", key = "{region}:{month}")]
+/// async fn report(region: &str, month: u32) -> String {
+///     format!("{region}/{month}")
+/// }
+/// # fn main() {
+/// assert_eq!(report_key("eu west", 11), "aside:reports:report:v1.1:eu%20west:11");
+/// # }
+/// ```
+///
+/// # `stale`
+///
+/// After `ttl`, keep serving the old value for this long while one caller computes
+/// the new one; the old value is also served when that computation fails. A
+/// duration as for `ttl`, from 0 to 24 h. Default: 0 (no stale window).
+///
+/// ```
+/// # use aside::cached;
+/// #[cached(ttl = "1m", stale = "10m")]
+/// async fn dashboard(team: u32) -> Vec<u32> {
+///     vec![team; 3]
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(dashboard(1).await, [1, 1, 1]);
+/// assert_eq!(dashboard(1).await, [1, 1, 1]);
+/// assert_eq!(aside::stats().function("computed:dashboard").computations, 1);
+/// # }
+/// ```
+///
+/// # `lock_ttl` and `wait`
+///
+/// Concurrent calls for a cold key compute once: one caller takes a lock and
+/// computes, the others wait for its result. `lock_ttl` is the lock's lease, renewed
+/// while the computation runs (so a dead process releases it); `wait` is how long a
+/// waiter waits before computing itself. Durations from 1 ms to 24 h. Defaults:
+/// 30 s and 10 s.
+///
+/// ```
+/// # use std::sync::atomic::{AtomicUsize, Ordering};
+/// # use aside::cached;
+/// static RUNS: AtomicUsize = AtomicUsize::new(0);
+///
+/// #[cached(lock_ttl = "2m", wait = "1m")]
+/// async fn nightly_report(day: u32) -> u32 {
+///     RUNS.fetch_add(1, Ordering::SeqCst);
+///     day
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(nightly_report(1).await, 1);
+/// assert_eq!(nightly_report(1).await, 1);
+/// assert_eq!(RUNS.load(Ordering::SeqCst), 1);
+/// # }
+/// ```
+///
+/// # `cache_none`
+///
+/// For functions returning `Option<T>`: also store `None` ("known absent"), so that
+/// a lookup that finds nothing is not repeated either. A compile error on other
+/// return types. Default: `false`.
+///
+/// ```
+/// # use std::sync::atomic::{AtomicUsize, Ordering};
+/// # use aside::cached;
+/// static LOOKUPS: AtomicUsize = AtomicUsize::new(0);
+///
+/// #[cached(cache_none = true)]
+/// async fn find_user(email: &str) -> Option<u64> {
+///     LOOKUPS.fetch_add(1, Ordering::SeqCst);
+///     (email == "ada@example.com").then_some(1)
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(find_user("nobody@example.com").await, None);
+/// assert_eq!(find_user("nobody@example.com").await, None); // the stored `None`
+/// assert_eq!(LOOKUPS.load(Ordering::SeqCst), 1);
+/// # }
+/// ```
+///
+/// # `cache`
+///
+/// Which cache to use: an expression giving something that dereferences to an
+/// `aside::Cache` — a `static` `LazyLock<Cache>`, `self.cache`, a skipped argument
+/// (`cache = state.cache`). It is evaluated on every call, and in the companions,
+/// which take `&self` or the skipped arguments it names for that. Default: the global
+/// cache, `Cache::global()`, built from the environment (`REDIS_URL` ...) on first use.
+///
+/// ```
+/// use std::sync::LazyLock;
+/// use aside::{cached, Cache};
+///
+/// static REPORTS: LazyLock<Cache> =
+///     LazyLock::new(|| Cache::builder().memory().namespace("reports").build_lazy().unwrap());
+///
+/// #[cached(cache = REPORTS)]
+/// async fn yearly(year: u16) -> u16 {
+///     year
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(yearly(2026).await, 2026);
+/// assert_eq!(REPORTS.stats().function("computed:yearly").computations, 1);
+/// assert!(yearly_key(2026).starts_with("reports:computed:yearly:"));
+/// # }
+/// ```
+///
+/// # `crate`
+///
+/// The path of the `aside` crate, when it is not reachable as `::aside` (renamed in
+/// `Cargo.toml`, or re-exported by another crate). Default: `::aside`.
+///
+/// ```
+/// extern crate aside as cache;
+///
+/// #[cache::cached(crate = cache)]
+/// async fn square(n: u64) -> u64 {
+///     n * n
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(square(12).await, 144);
+/// # }
+/// ```
+///
+/// # Compile errors
+///
+/// Mistakes are reported at the token that is wrong, all at once, and the function
+/// is still emitted unchanged (with its companions) so that the rest of the crate
+/// keeps compiling and reports nothing else: a function
+/// that is not `async` or returns nothing; an unknown or repeated argument; a
+/// duration out of range or not parsable; a `skip`, `key` or tag placeholder naming
+/// no argument; a `key` using a skipped argument or missing a key argument; two
+/// placeholders without a separator; an unskipped `self` or destructuring pattern;
+/// `cache_none` without `Option`; a key argument that is not `Serialize`, or a
+/// stored type that is not `Serialize + DeserializeOwned`.
+///
+/// ```compile_fail
+/// # use aside::cached;
+/// #[cached(ttl = "25h")] // error: `ttl` must be between 1s and 24h
+/// async fn too_long(n: u32) -> u32 {
+///     n
+/// }
+/// # fn main() {}
+/// ```
+#[proc_macro_attribute]
+pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::cached(args.into(), item.into()).into()
+}

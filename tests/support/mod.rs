@@ -1,0 +1,128 @@
+//! Shared fixtures of the integration tests: a cache on the memory backend, on a
+//! single `redis-server`, or on a 3-master cluster, each started for the test,
+//! with helpers to read keys and TTLs back from the servers themselves.
+#![allow(dead_code)] // each test file uses part of it
+
+use std::time::Duration;
+
+use aside::{Cache, CacheBuilder};
+use aside_testkit::{RedisCluster, RedisServer};
+
+/// What a cache under test runs on.
+pub enum Server {
+    Memory,
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+/// A backend started for one test.
+pub struct Fixture {
+    pub server: Server,
+}
+
+impl Fixture {
+    pub fn memory() -> Fixture {
+        Fixture { server: Server::Memory }
+    }
+
+    pub fn redis() -> Fixture {
+        Fixture {
+            server: Server::Single(RedisServer::start()),
+        }
+    }
+
+    pub fn cluster() -> Fixture {
+        Fixture {
+            server: Server::Cluster(RedisCluster::start()),
+        }
+    }
+
+    pub fn is_memory(&self) -> bool {
+        matches!(self.server, Server::Memory)
+    }
+
+    /// A builder for a cache on this fixture's backend.
+    pub fn builder(&self) -> CacheBuilder {
+        match &self.server {
+            Server::Memory => Cache::builder().memory(),
+            Server::Single(server) => Cache::builder().redis_url(&server.url()),
+            Server::Cluster(cluster) => Cache::builder().redis_url(&cluster.url()),
+        }
+    }
+
+    pub async fn cache(&self) -> Cache {
+        self.builder().build().await.expect("build the cache")
+    }
+
+    /// Plain connections to every node (one for a single server).
+    pub fn node_connections(&self) -> Vec<redis::Connection> {
+        match &self.server {
+            Server::Memory => Vec::new(),
+            Server::Single(server) => vec![server.connection()],
+            Server::Cluster(cluster) => cluster.nodes().iter().map(RedisServer::connection).collect(),
+        }
+    }
+
+    /// Every key on every node, read with SCAN.
+    pub fn all_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for mut conn in self.node_connections() {
+            let found: Vec<String> = redis::cmd("SCAN")
+                .cursor_arg(0)
+                .arg("COUNT")
+                .arg(1000)
+                .clone()
+                .iter(&mut conn)
+                .expect("SCAN")
+                .collect::<Result<_, _>>()
+                .expect("SCAN batch");
+            keys.extend(found);
+        }
+        keys.sort();
+        keys
+    }
+
+    /// `PTTL` of a key, asked of the node that holds it; `None` when missing.
+    pub fn pttl(&self, key: &str) -> Option<i64> {
+        let mut conn = match &self.server {
+            Server::Memory => return None,
+            Server::Single(server) => server.connection(),
+            Server::Cluster(cluster) => cluster.nodes()[cluster.node_for_key(key)].connection(),
+        };
+        let ms: i64 = redis::cmd("PTTL").arg(key).query(&mut conn).expect("PTTL");
+        (ms != -2).then_some(ms)
+    }
+
+    /// The remaining lifetime of a full key: from the server, or from the memory store.
+    pub async fn ttl_of(&self, cache: &Cache, full_key: &str) -> Option<Duration> {
+        if self.is_memory() {
+            let namespace = format!("{}:", cache.settings().namespace());
+            let key = full_key.strip_prefix(&namespace).expect("key in namespace");
+            return cache.ttl(key).await.expect("ttl");
+        }
+        self.pttl(full_key)
+            .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)))
+    }
+}
+
+/// Runs each listed `async fn(Fixture)` as one test per listed backend.
+///
+/// ```ignore
+/// on_backends!([memory, redis, cluster] round_trip, ttl_is_clamped);
+/// ```
+#[macro_export]
+macro_rules! on_backends {
+    ($backends:tt $($behaviour:ident),* $(,)?) => {
+        $( on_backends!(@one $backends $behaviour); )*
+    };
+    (@one [$($backend:ident),*] $behaviour:ident) => {
+        mod $behaviour {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $backend() {
+                    super::$behaviour(super::support::Fixture::$backend()).await;
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,57 @@
+//! Every argument of `#[cached]` at least once.
+#![deny(warnings)]
+
+use std::sync::LazyLock;
+
+use aside::{cached, Cache};
+use serde::Serialize;
+
+static CACHE: LazyLock<Cache> = LazyLock::new(|| Cache::builder().memory().namespace("app").build_lazy().unwrap());
+
+pub struct Db;
+
+#[derive(Serialize)]
+pub struct Filter {
+    pub region: String,
+    pub month: u32,
+}
+
+#[cached(
+    ttl = 300,
+    prefix = "reports",
+    name = "monthly",
+    version = 3,
+    tags = ["reports", "region:{filter.region}", "db:{db_name}"],
+    skip(db, db_name),
+    key = "{filter.region}:{filter.month}:{page}",
+    stale = "1m",
+    lock_ttl = "30s",
+    wait = "10s",
+    cache = CACHE,
+    crate = ::aside,
+)]
+async fn monthly(db: &Db, db_name: &str, filter: Filter, page: u32) -> Result<Vec<u32>, std::io::Error> {
+    let _ = (db, db_name);
+    Ok(vec![filter.month, page])
+}
+
+#[cached(ttl = "5m", cache_none = true, cache = &*CACHE)]
+async fn lookup(id: u64) -> Option<String> {
+    (id % 2 == 0).then(|| id.to_string())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let filter = || Filter {
+        region: "eu west".to_owned(),
+        month: 11,
+    };
+    assert_eq!(monthly(&Db, "main", filter(), 2).await.unwrap(), [11, 2]);
+    assert_eq!(monthly_key(filter(), 2), "app:reports:monthly:v1.3:eu%20west:11:2");
+    assert!(monthly_invalidate(filter(), 2).await.unwrap());
+    assert_eq!(monthly_refresh(&Db, "main", filter(), 2).await.unwrap(), [11, 2]);
+    assert_eq!(CACHE.stats().function("reports:monthly").computations, 2);
+
+    assert_eq!(lookup(3).await, None);
+    assert!(lookup_invalidate(3).await.unwrap(), "None is cached with cache_none");
+}

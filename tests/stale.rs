@@ -116,6 +116,9 @@ async fn stale_value_is_served_at_once_while_one_caller_refreshes(fx: Fixture) {
         early.iter().all(|v| v == "v1"),
         "the others got the old value: {early:?}"
     );
+    // The others may return before the refreshing caller has read the entry again
+    // under its lease and started: wait for that start, then check nobody else did.
+    until("the refresh started", || runs.count() >= 2).await;
     assert_eq!(runs.count(), 2, "exactly one caller refreshes");
     let stats = cache.stats().function("stale:serve");
     assert_eq!(stats.stale_hits, CALLERS as u64 - 1, "{stats:?}");

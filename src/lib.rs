@@ -4,8 +4,8 @@
 pub use cache_macros::cached;
 pub use cache_runtime::{
     config, invalidate_key, invalidate_pattern, invalidate_tag, key, policy, stats, BackendKind, BreakerState, Cache,
-    CacheBuilder, Counters, Error, Events, Invalidation, InvalidationKind, Key, MemoryCapacity, Outcome, Plain, Policy,
-    RedisTarget, Result, Settings, Stats, TTL_CEILING,
+    CacheBuilder, Counters, EntryFormat, Error, Events, Invalidation, InvalidationKind, Key, MemoryCapacity, Outcome,
+    Plain, Policy, RedisTarget, Result, Settings, Stats, TTL_CEILING,
 };
 
 #[cfg(feature = "tower")]

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use aside::{Cache, Error, Key, Plain, Policy};
+use aside::{Cache, EntryFormat, Error, Key, Plain, Policy};
 use aside_testkit::RedisServer;
 use serde::{Deserialize, Serialize};
 use support::{Fixture, Server};
@@ -30,6 +30,7 @@ on_backends!(
     golden_key_layout,
     oversized_values_are_returned_not_stored,
     stale_entries_are_recomputed,
+    compact_entries_are_smaller_and_read_back,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -316,6 +317,99 @@ async fn stale_entries_are_recomputed(fx: Fixture) {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // ...but past its fresh lifetime it is not served as fresh.
     assert_eq!(call().await.0, 1);
+}
+
+/// A struct that leaves a field out when serializing it: in MessagePack's array
+/// form, `total` would land in `note`'s place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Sparse {
+    id: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+    total: u64,
+}
+
+/// The stored bytes of `key`, read over a plain connection; `None` on memory.
+fn stored_bytes(fx: &Fixture, cache: &Cache, key: &str) -> Option<Vec<u8>> {
+    let Server::Single(server) = &fx.server else {
+        return None;
+    };
+    let full = cache.full_key(key).unwrap();
+    let bytes: Vec<u8> = redis::cmd("GET").arg(&full).query(&mut server.connection()).unwrap();
+    Some(bytes)
+}
+
+async fn compact_entries_are_smaller_and_read_back(fx: Fixture) {
+    let packed = fx
+        .builder()
+        .entry_format(EntryFormat::MessagePack)
+        .build()
+        .await
+        .unwrap();
+    let policy = Policy::new(Duration::from_secs(60)).function("compact");
+    let runs = AtomicUsize::new(0);
+    let call = |cache: &Cache, key: &'static str| {
+        let (policy, runs) = (&policy, &runs);
+        let cache = cache.clone();
+        async move {
+            let got: Result<Report, ()> = cache
+                .get_or_compute(key, policy, || async {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Ok(report())
+                })
+                .await;
+            got.unwrap()
+        }
+    };
+    assert_eq!(call(&packed, "compact:report").await, report());
+    assert_eq!(call(&packed, "compact:report").await, report());
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the second call is a hit");
+    assert_eq!(
+        packed.get_json::<Report>("compact:report").await.unwrap(),
+        Some(report())
+    );
+
+    if let Some(bytes) = stored_bytes(&fx, &packed, "compact:report") {
+        let json = serde_json::to_vec(&report()).unwrap();
+        assert_eq!(bytes[..2], [0xA5, 2], "header of a MessagePack entry");
+        assert!(
+            bytes.len() < json.len(),
+            "{} bytes packed, {} as JSON",
+            bytes.len(),
+            json.len()
+        );
+
+        // A fleet switching formats one process at a time: each reads the other's.
+        let plain = fx.cache().await;
+        assert_eq!(call(&plain, "compact:report").await, report());
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "the JSON cache hit the packed entry");
+        assert_eq!(call(&plain, "compact:json").await, report());
+        assert_eq!(stored_bytes(&fx, &plain, "compact:json").unwrap()[1], 1);
+        assert_eq!(call(&packed, "compact:json").await, report());
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "the packed cache hit the JSON entry");
+    }
+
+    // A value whose array form does not read back is stored as JSON: a hit next time.
+    let sparse = Sparse {
+        id: 7,
+        note: None,
+        total: 42,
+    };
+    let sparse_runs = AtomicUsize::new(0);
+    for _ in 0..2 {
+        let Plain(got) = packed
+            .get_or_compute("compact:sparse", &policy, || async {
+                sparse_runs.fetch_add(1, Ordering::SeqCst);
+                Plain(sparse.clone())
+            })
+            .await;
+        assert_eq!(got, sparse);
+    }
+    assert_eq!(sparse_runs.load(Ordering::SeqCst), 1, "never a permanent miss");
+    if let Some(bytes) = stored_bytes(&fx, &packed, "compact:sparse") {
+        assert_eq!(bytes[1], 1, "stored as JSON");
+    }
+    assert_eq!(packed.stats().function("compact").decode_errors, 0);
 }
 
 /// Redis only: bytes that are not an entry at all, or an entry of a future format.

@@ -6,13 +6,21 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use cached::macros::concurrent_cached;
 use cached::AsyncRedisCache;
 
-use crate::{compare, raw_connection, report, Contender, Group, Report, Results, Settings, REDIS};
+use crate::{compare, raw_connection, report, Contender, Group, Report, Results, Settings, REDIS, REDIS_COMPACT};
 
 /// Computations run by the hit-path functions: zero once primed.
 static HIT_COMPUTATIONS: AtomicUsize = AtomicUsize::new(0);
 
 #[aside::cached(prefix = "bench", ttl = 600, cache = REDIS)]
 async fn aside_hit(region: &str, month: u32) -> Report {
+    HIT_COMPUTATIONS.fetch_add(1, Ordering::Relaxed);
+    let _ = (region, month);
+    report()
+}
+
+/// `aside_hit` on a cache writing MessagePack entries, as `cached` does.
+#[aside::cached(prefix = "bench", ttl = 600, cache = REDIS_COMPACT)]
+async fn aside_hit_compact(region: &str, month: u32) -> Report {
     HIT_COMPUTATIONS.fetch_add(1, Ordering::Relaxed);
     let _ = (region, month);
     report()
@@ -59,6 +67,7 @@ async fn cached_miss(id: u64) -> Result<Report, String> {
 pub async fn hit_path(s: &Settings, results: &mut Results) {
     // Prime every side's entry; from here on every call hits.
     let primed = aside_hit("eu-west", 11).await;
+    assert_eq!(aside_hit_compact("eu-west", 11).await, primed);
     assert_eq!(cached_hit("eu-west", 11).await.expect("cached primes"), primed);
     let raw = raw_connection().await;
     let raw_key = "raw:report:eu-west:11";
@@ -82,30 +91,52 @@ pub async fn hit_path(s: &Settings, results: &mut Results) {
         .await
         .expect("SCAN");
     let cached_key = cached_keys.first().expect("cached's entry").clone();
-    let cached_bytes: Vec<u8> = redis::cmd("GET")
-        .arg(&cached_key)
-        .query_async(&mut raw.clone())
-        .await
-        .expect("GET");
+    let size_of = |key: String| {
+        let mut raw = raw.clone();
+        async move {
+            let bytes: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut raw).await.expect("GET");
+            bytes.len()
+        }
+    };
     println!(
-        "# hit path: a {}-byte JSON value. aside: {} bytes (header + JSON) at {}; raw: the JSON at {raw_key}; \
-         cached: {} bytes of MessagePack (its format) at {cached_key}",
+        "# hit path: a {}-byte JSON value. aside: {} bytes (header + JSON) at {}, {} bytes (header + \
+         MessagePack, CACHE_ENTRY_FORMAT=msgpack) at {}; raw: the JSON at {raw_key}; cached: {} bytes of \
+         MessagePack (its format) at {cached_key}",
         json.len(),
-        json.len() + 10,
+        size_of(aside_hit_key("eu-west", 11).to_string()).await,
         aside_hit_key("eu-west", 11),
-        cached_bytes.len()
+        size_of(
+            REDIS_COMPACT
+                .full_key(aside_hit_compact_key("eu-west", 11))
+                .expect("key")
+        )
+        .await,
+        aside_hit_compact_key("eu-west", 11),
+        size_of(cached_key.clone()).await,
     );
 
-    for tasks in [1, 64] {
+    // aside's default JSON entries, then its compact ones, each against the
+    // same two baselines in alternating rounds.
+    for (compact, tasks) in [(false, 1), (false, 64), (true, 1), (true, 64)] {
         let aside = Contender {
             case: "",
-            label: "aside",
-            op: || async {
-                std::hint::black_box(aside_hit(std::hint::black_box("eu-west"), 11).await);
+            label: if compact { "aside (msgpack entries)" } else { "aside" },
+            op: move || async move {
+                let region = std::hint::black_box("eu-west");
+                let report = if compact {
+                    aside_hit_compact(region, 11).await
+                } else {
+                    aside_hit(region, 11).await
+                };
+                std::hint::black_box(report);
             },
         };
         let raw = Contender {
-            case: "hit vs raw redis-rs",
+            case: if compact {
+                "hit, msgpack entries, vs raw redis-rs"
+            } else {
+                "hit vs raw redis-rs"
+            },
             label: "raw redis-rs GET+from_slice",
             op: {
                 let raw = raw.clone();
@@ -120,7 +151,11 @@ pub async fn hit_path(s: &Settings, results: &mut Results) {
             },
         };
         let cached = Contender {
-            case: "hit vs cached",
+            case: if compact {
+                "hit, msgpack entries, vs cached"
+            } else {
+                "hit vs cached"
+            },
             label: "cached #[concurrent_cached] AsyncRedisCache",
             op: || async {
                 let report = cached_hit(std::hint::black_box("eu-west"), 11)

@@ -17,7 +17,7 @@ use crate::backend::off::OffStore;
 use crate::backend::redis::RedisStore;
 use crate::backend::{Backend, Store};
 use crate::config::{BackendKind, Settings};
-use crate::entry;
+use crate::entry::{self, EntryFormat};
 use crate::error::{Error, Result};
 use crate::events::{Events, Invalidation, InvalidationKind};
 use crate::key::Key;
@@ -207,7 +207,7 @@ impl Cache {
     /// serialize, [`Error::ValueTooLarge`] above `CACHE_MAX_VALUE_SIZE`, backend failures.
     pub async fn set_json<T: Serialize + ?Sized>(&self, key: impl Into<Key>, value: &T, ttl: Duration) -> Result<()> {
         let key = self.full_key(key)?;
-        let (bytes, ttl) = self.encode_entry(&key, value, ttl, ttl)?;
+        let (bytes, ttl) = self.encode_entry(&key, value, ttl, ttl, entry::encode)?;
         self.inner.store.set(&key, bytes, ttl).await
     }
 
@@ -765,7 +765,9 @@ impl Cache {
         probe.computed(started.elapsed());
         let encoded = match outcome.cacheable(policy) {
             None => None,
-            Some(value) => match self.encode_entry(plan.entry, value, policy.ttl(), plan.lifetime) {
+            Some(value) => match self.encode_entry(plan.entry, value, policy.ttl(), plan.lifetime, |value, fresh| {
+                entry::encode_as(value, fresh, self.inner.settings.entry_format)
+            }) {
                 Ok(encoded) => Some(encoded),
                 Err(error) => {
                     self.count_unstored(probe, plan.entry, &error);
@@ -835,14 +837,16 @@ impl Cache {
         }
     }
 
-    /// Encodes `value`, fresh for `fresh`, kept for `lifetime` clamped to the
-    /// ceiling; checks the size limit. Returns the bytes and the TTL to write.
-    fn encode_entry<T: Serialize + ?Sized>(
+    /// Encodes `value` with `encode`, fresh for `fresh`, kept for `lifetime`
+    /// clamped to the ceiling; checks the size limit. Returns the bytes and the
+    /// TTL to write.
+    fn encode_entry<T: ?Sized>(
         &self,
         key: &str,
         value: &T,
         fresh: Duration,
         lifetime: Duration,
+        encode: impl FnOnce(&T, Duration) -> Result<Vec<u8>>,
     ) -> Result<(Bytes, Duration)> {
         if fresh.is_zero() {
             return Err(Error::InvalidTtl(fresh));
@@ -851,7 +855,7 @@ impl Cache {
         if ceiling.clamped {
             self.log_clamp(key, lifetime);
         }
-        let bytes = entry::encode(value, fresh.min(ceiling.ttl))?;
+        let bytes = encode(value, fresh.min(ceiling.ttl))?;
         let limit = self.inner.settings.max_value_size;
         if bytes.len() > limit {
             return Err(Error::ValueTooLarge {
@@ -1001,6 +1005,27 @@ impl CacheBuilder {
     /// Values larger than this many encoded bytes are not stored (`CACHE_MAX_VALUE_SIZE`).
     pub fn max_value_size(mut self, bytes: usize) -> Self {
         self.settings.max_value_size = bytes;
+        self
+    }
+
+    /// How cached functions' values are encoded (`CACHE_ENTRY_FORMAT`); values
+    /// written with [`Cache::set_json`] are always JSON.
+    ///
+    /// ```
+    /// # async fn demo() -> cache_runtime::Result<()> {
+    /// use std::time::Duration;
+    /// use cache_runtime::{Cache, EntryFormat, Plain, Policy};
+    ///
+    /// let cache = Cache::builder().entry_format(EntryFormat::MessagePack).build().await?;
+    /// let policy = Policy::new(Duration::from_secs(60));
+    /// let Plain(months) = cache.get_or_compute("months", &policy, || async { Plain(vec![1, 2, 3]) }).await;
+    /// // Read back from its compact form.
+    /// assert_eq!(cache.get_json::<Vec<u32>>("months").await?, Some(months));
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub fn entry_format(mut self, format: EntryFormat) -> Self {
+        self.settings.entry_format = format;
         self
     }
 

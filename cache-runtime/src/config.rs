@@ -11,6 +11,7 @@
 //! | `CACHE_OP_TIMEOUT` | per-operation timeout before failing open | `250ms` |
 //! | `CACHE_MEMORY_CAPACITY` | memory backend bound: `10000` (entries) or `64MiB` (bytes) | `64MiB` |
 //! | `CACHE_MAX_VALUE_SIZE` | larger encoded values are returned but not stored | `1MiB` |
+//! | `CACHE_ENTRY_FORMAT` | how cached functions' values are stored: `json` or `msgpack` (compact; see [`EntryFormat`]) | `json` |
 //! | `CACHE_TLS_CA_FILE` | PEM file of the CA that signed the server's certificate (`rediss://`) | the system's roots |
 //!
 //! Durations are whole seconds (`300`) or humantime strings (`250ms`, `5m`, `1h 30m`).
@@ -18,6 +19,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::entry::EntryFormat;
 use crate::error::{Error, Result};
 
 /// The hard ceiling on every TTL the runtime writes: 24 hours.
@@ -188,6 +190,7 @@ pub struct Settings {
     pub(crate) op_timeout: Duration,
     pub(crate) memory_capacity: MemoryCapacity,
     pub(crate) max_value_size: usize,
+    pub(crate) entry_format: EntryFormat,
     pub(crate) tls_ca_pem: Option<Vec<u8>>,
 }
 
@@ -202,6 +205,7 @@ impl Default for Settings {
             op_timeout: Duration::from_millis(250),
             memory_capacity: MemoryCapacity::default(),
             max_value_size: 1024 * 1024,
+            entry_format: EntryFormat::Json,
             tls_ca_pem: None,
         }
     }
@@ -276,6 +280,9 @@ impl Settings {
                 MemoryCapacity::Bytes(n) | MemoryCapacity::Entries(n) => usize::try_from(n).unwrap_or(usize::MAX),
             };
         }
+        if let Some(format) = get("CACHE_ENTRY_FORMAT") {
+            settings.entry_format = EntryFormat::parse("CACHE_ENTRY_FORMAT", &format)?;
+        }
         if let Some(path) = get("CACHE_TLS_CA_FILE") {
             let pem = std::fs::read(&path).map_err(|e| Error::Config {
                 var: "CACHE_TLS_CA_FILE",
@@ -319,6 +326,11 @@ impl Settings {
     /// Encoded values larger than this are returned to the caller but not stored.
     pub fn max_value_size(&self) -> usize {
         self.max_value_size
+    }
+
+    /// How cached functions' values are encoded in the store.
+    pub fn entry_format(&self) -> EntryFormat {
+        self.entry_format
     }
 }
 

@@ -60,9 +60,10 @@ pub enum Error {
     #[error("redis skipped: the circuit breaker is open after repeated failures")]
     CircuitOpen,
 
-    /// A value could not be serialized to JSON.
-    #[error("cannot encode the value as JSON: {0}")]
-    Encode(#[source] serde_json::Error),
+    /// A value could not be serialized (its `Serialize` implementation failed,
+    /// or JSON cannot represent it, such as a map with non-string keys).
+    #[error("cannot encode the value: {0}")]
+    Encode(#[source] Box<dyn std::error::Error + Send + Sync>),
 
     /// A key argument could not be serialized to JSON, so no key can be built.
     #[error("cannot build a key from the arguments: {0}")]

@@ -52,6 +52,7 @@ pub mod __private;
 pub use breaker::BreakerState;
 pub use cache::{Cache, CacheBuilder};
 pub use config::{BackendKind, MemoryCapacity, RedisTarget, Settings, TTL_CEILING};
+pub use entry::EntryFormat;
 pub use error::{Error, Result};
 pub use events::{Events, Invalidation, InvalidationKind};
 pub use global::{invalidate_key, invalidate_pattern, invalidate_tag, stats};

@@ -53,9 +53,10 @@ fn color_of(baseline: &str) -> RGBColor {
 
 /// The target a comparison line is held to (aside ÷ baseline), if any.
 fn target(case: &str) -> Option<f64> {
-    if case.starts_with("hit vs raw redis-rs") {
+    // Both entry formats' hit lines: `hit vs ...` and `hit, msgpack entries, vs ...`.
+    if case.starts_with("hit") && case.contains("vs raw redis-rs") {
         Some(0.9)
-    } else if case.starts_with("hit vs cached") {
+    } else if case.starts_with("hit") && case.contains("vs cached") {
         Some(1.0)
     } else if case.starts_with("memory hit vs raw moka") {
         Some(0.5)

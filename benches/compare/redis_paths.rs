@@ -105,12 +105,7 @@ pub async fn hit_path(s: &Settings, results: &mut Results) {
         json.len(),
         size_of(aside_hit_key("eu-west", 11).to_string()).await,
         aside_hit_key("eu-west", 11),
-        size_of(
-            REDIS_COMPACT
-                .full_key(aside_hit_compact_key("eu-west", 11))
-                .expect("key")
-        )
-        .await,
+        size_of(aside_hit_compact_key("eu-west", 11).to_string()).await,
         aside_hit_compact_key("eu-west", 11),
         size_of(cached_key.clone()).await,
     );

@@ -21,6 +21,8 @@ use crate::error::{Error, Result};
 
 const MAGIC: u8 = 0xA5;
 const HEADER: usize = 10;
+const JSON: u8 = 1;
+const MESSAGE_PACK: u8 = 2;
 
 /// How a [`Cache`](crate::Cache) encodes the values of cached functions
 /// (`CACHE_ENTRY_FORMAT`, [`CacheBuilder::entry_format`](crate::CacheBuilder::entry_format)).
@@ -57,8 +59,8 @@ impl EntryFormat {
     /// The format's byte in the entry header.
     fn byte(self) -> u8 {
         match self {
-            EntryFormat::Json => 1,
-            EntryFormat::MessagePack => 2,
+            EntryFormat::Json => JSON,
+            EntryFormat::MessagePack => MESSAGE_PACK,
         }
     }
 
@@ -172,8 +174,8 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<E
     }
     let body = &bytes[HEADER..];
     let value = match bytes[1] {
-        1 => serde_json::from_slice(body)?,
-        2 => rmp_serde::from_slice(body)?,
+        JSON => serde_json::from_slice(body)?,
+        MESSAGE_PACK => rmp_serde::from_slice(body)?,
         other => return Err(DecodeError::Format(other)),
     };
     let mut stamp = [0u8; 8];

@@ -130,8 +130,12 @@ impl Breaker {
     /// How a call made with a permit (a probe or not) went.
     fn settle(&self, probe: bool, available: bool, target: &dyn std::fmt::Display) {
         if available {
-            self.failures.store(0, Ordering::Relaxed);
-            if self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
+            // Every successful call lands here: only read in the steady state, so the
+            // breaker's cache lines stay shared between cores instead of bouncing.
+            if self.failures.load(Ordering::Relaxed) != 0 {
+                self.failures.store(0, Ordering::Relaxed);
+            }
+            if self.state.load(Ordering::Acquire) != CLOSED && self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
                 self.backoff_ms.store(ms(FIRST_BACKOFF), Ordering::Relaxed);
                 tracing::info!(target: "aside", redis = %target, "circuit breaker closed: redis answers again, caching resumed");
             }

@@ -419,7 +419,6 @@ impl Cache {
         }
     }
 
-    /// Records the full key on a call's span, when the span is enabled.
     /// Records the full key on a call's span, rendering it only when the span is enabled.
     fn record_key(&self, span: &tracing::Span, key: &Key) {
         if !span.is_disabled() {

@@ -329,16 +329,6 @@ struct Sparse {
     total: u64,
 }
 
-/// The stored bytes of `key`, read over a plain connection; `None` on memory.
-fn stored_bytes(fx: &Fixture, cache: &Cache, key: &str) -> Option<Vec<u8>> {
-    let Server::Single(server) = &fx.server else {
-        return None;
-    };
-    let full = cache.full_key(key).unwrap();
-    let bytes: Vec<u8> = redis::cmd("GET").arg(&full).query(&mut server.connection()).unwrap();
-    Some(bytes)
-}
-
 async fn compact_entries_are_smaller_and_read_back(fx: Fixture) {
     let packed = fx
         .builder()
@@ -369,7 +359,7 @@ async fn compact_entries_are_smaller_and_read_back(fx: Fixture) {
         Some(report())
     );
 
-    if let Some(bytes) = stored_bytes(&fx, &packed, "compact:report") {
+    if let Some(bytes) = fx.stored_bytes(&packed.full_key("compact:report").unwrap()) {
         let json = serde_json::to_vec(&report()).unwrap();
         assert_eq!(bytes[..2], [0xA5, 2], "header of a MessagePack entry");
         assert!(
@@ -384,7 +374,7 @@ async fn compact_entries_are_smaller_and_read_back(fx: Fixture) {
         assert_eq!(call(&plain, "compact:report").await, report());
         assert_eq!(runs.load(Ordering::SeqCst), 1, "the JSON cache hit the packed entry");
         assert_eq!(call(&plain, "compact:json").await, report());
-        assert_eq!(stored_bytes(&fx, &plain, "compact:json").unwrap()[1], 1);
+        assert_eq!(fx.stored_bytes(&plain.full_key("compact:json").unwrap()).unwrap()[1], 1);
         assert_eq!(call(&packed, "compact:json").await, report());
         assert_eq!(runs.load(Ordering::SeqCst), 2, "the packed cache hit the JSON entry");
     }
@@ -406,7 +396,7 @@ async fn compact_entries_are_smaller_and_read_back(fx: Fixture) {
         assert_eq!(got, sparse);
     }
     assert_eq!(sparse_runs.load(Ordering::SeqCst), 1, "never a permanent miss");
-    if let Some(bytes) = stored_bytes(&fx, &packed, "compact:sparse") {
+    if let Some(bytes) = fx.stored_bytes(&packed.full_key("compact:sparse").unwrap()) {
         assert_eq!(bytes[1], 1, "stored as JSON");
     }
     assert_eq!(packed.stats().function("compact").decode_errors, 0);

@@ -82,15 +82,27 @@ impl Fixture {
         keys
     }
 
+    /// A plain connection to the node that holds `key`; `None` on memory.
+    fn connection_for(&self, key: &str) -> Option<redis::Connection> {
+        match &self.server {
+            Server::Memory => None,
+            Server::Single(server) => Some(server.connection()),
+            Server::Cluster(cluster) => Some(cluster.nodes()[cluster.node_for_key(key)].connection()),
+        }
+    }
+
     /// `PTTL` of a key, asked of the node that holds it; `None` when missing.
     pub fn pttl(&self, key: &str) -> Option<i64> {
-        let mut conn = match &self.server {
-            Server::Memory => return None,
-            Server::Single(server) => server.connection(),
-            Server::Cluster(cluster) => cluster.nodes()[cluster.node_for_key(key)].connection(),
-        };
+        let mut conn = self.connection_for(key)?;
         let ms: i64 = redis::cmd("PTTL").arg(key).query(&mut conn).expect("PTTL");
         (ms != -2).then_some(ms)
+    }
+
+    /// The bytes stored at a full key, read from the node that holds it; `None`
+    /// when missing or on memory.
+    pub fn stored_bytes(&self, key: &str) -> Option<Vec<u8>> {
+        let mut conn = self.connection_for(key)?;
+        redis::cmd("GET").arg(key).query(&mut conn).expect("GET")
     }
 
     /// The remaining lifetime of a full key: from the server, or from the memory store.

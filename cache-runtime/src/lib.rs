@@ -29,8 +29,6 @@ pub mod config;
 mod entry;
 mod error;
 mod events;
-mod glob;
-mod global;
 #[cfg(feature = "tower")]
 pub mod http;
 pub mod key;
@@ -43,19 +41,18 @@ pub mod policy;
 pub mod session;
 mod stats;
 mod tags;
-mod waiters;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
 pub use breaker::BreakerState;
+pub use cache::global::{invalidate_key, invalidate_pattern, invalidate_tag, stats};
 pub use cache::{Cache, CacheBuilder};
 pub use config::{BackendKind, MemoryCapacity, RedisTarget, Settings, TTL_CEILING};
 pub use entry::EntryFormat;
 pub use error::{Error, Result};
 pub use events::{Events, Invalidation, InvalidationKind};
-pub use global::{invalidate_key, invalidate_pattern, invalidate_tag, stats};
 pub use key::Key;
 pub use outcome::{Outcome, Plain};
 pub use policy::Policy;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::error::Result;
-use crate::waiters::Waiters;
+use crate::lock::waiters::Waiters;
 
 pub(crate) mod memory;
 pub(crate) mod off;

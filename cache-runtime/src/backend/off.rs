@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use super::Backend;
 use crate::error::Result;
-use crate::waiters::Waiters;
+use crate::lock::waiters::Waiters;
 
 #[derive(Debug, Default)]
 pub(crate) struct OffStore {

@@ -23,7 +23,7 @@ use crate::breaker::Breaker;
 use crate::config::{RedisTarget, Settings};
 use crate::error::{Error, Result};
 use crate::key::companion_key;
-use crate::waiters::Waiters;
+use crate::lock::waiters::Waiters;
 
 /// Entries removed or revoked concurrently per invalidation batch.
 const INVALIDATION_CONCURRENCY: usize = 64;

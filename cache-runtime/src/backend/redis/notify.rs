@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use crate::waiters::Waiters;
+use crate::lock::waiters::Waiters;
 
 /// The subscriber: started on the first wait, reconnecting by itself.
 pub(crate) struct Listener {

@@ -9,11 +9,12 @@ use bytes::Bytes;
 use moka::sync::Cache as Moka;
 use moka::Expiry;
 
+mod glob;
+
 use super::Backend;
 use crate::config::MemoryCapacity;
 use crate::error::Result;
-use crate::glob;
-use crate::waiters::Waiters;
+use crate::lock::waiters::Waiters;
 
 #[derive(Clone, Debug)]
 struct Slot {

@@ -37,6 +37,8 @@ use tokio::sync::watch;
 
 use crate::backend::{Backend, Store};
 
+pub(crate) mod waiters;
+
 /// How often a waiter re-checks the store when no announcement arrives.
 pub(crate) const FALLBACK_RECHECK: Duration = Duration::from_millis(500);
 

@@ -25,10 +25,12 @@
 mod backend;
 mod breaker;
 mod cache;
+mod codec;
 pub mod config;
 mod entry;
 mod error;
 mod events;
+mod flow;
 #[cfg(feature = "tower")]
 pub mod http;
 pub mod key;
@@ -37,6 +39,7 @@ mod lock;
 pub mod metrics;
 mod outcome;
 pub mod policy;
+mod redact;
 #[cfg(feature = "sessions")]
 pub mod session;
 mod stats;

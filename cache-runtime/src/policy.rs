@@ -30,8 +30,21 @@ pub struct Policy {
     unusable: Option<String>,
 }
 
+/// The shortest lock lease: it is renewed every third of its length, so a
+/// shorter one could expire between two renewals (each a round trip, up to the
+/// operation timeout) and nothing would ever be stored.
+pub const MIN_LOCK_TTL: Duration = Duration::from_secs(1);
+
+/// The default lock lease. A holder renews it every second, so a holder whose
+/// process died is replaced within 3 s (plus one re-check, 500 ms).
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(3);
+
+/// The default wait for another caller's computation: longer than the lease, so
+/// a dead holder is replaced before anyone gives up.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+
 impl Default for Policy {
-    /// A 300 s TTL, no stale window, a 30 s lock lease and a 10 s wait.
+    /// A 300 s TTL, no stale window, a 3 s lock lease and a 10 s wait.
     fn default() -> Self {
         Policy::new(Duration::from_secs(300))
     }
@@ -46,8 +59,8 @@ impl Policy {
         Policy {
             ttl,
             stale: Duration::ZERO,
-            lock_ttl: Duration::from_secs(30),
-            wait: Duration::from_secs(10),
+            lock_ttl: DEFAULT_LOCK_TTL,
+            wait: DEFAULT_WAIT,
             cache_none: false,
             function: None,
             tags: Vec::new(),
@@ -61,13 +74,28 @@ impl Policy {
         self
     }
 
-    /// The stampede lock's lease, renewed while the computation runs.
+    /// The stampede lock's lease, renewed every third of it while the computation
+    /// runs; at least [`MIN_LOCK_TTL`] (a shorter one is raised to it).
+    ///
+    /// A shorter lease lets a dead holder be replaced sooner; a longer one
+    /// tolerates longer stalls of Redis before a second computation starts.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_runtime::policy::{Policy, MIN_LOCK_TTL};
+    /// assert_eq!(Policy::default().lock_ttl(Duration::from_millis(1)).lock_lease(), MIN_LOCK_TTL);
+    /// ```
     pub const fn lock_ttl(mut self, lock_ttl: Duration) -> Policy {
-        self.lock_ttl = lock_ttl;
+        self.lock_ttl = if lock_ttl.as_nanos() < MIN_LOCK_TTL.as_nanos() {
+            MIN_LOCK_TTL
+        } else {
+            lock_ttl
+        };
         self
     }
 
-    /// How long a caller waits for another's computation before computing itself.
+    /// How long a caller waits for another's computation before computing
+    /// itself (without storing). Any length is accepted, `Duration::MAX` included.
     pub const fn wait(mut self, wait: Duration) -> Policy {
         self.wait = wait;
         self

@@ -11,17 +11,50 @@
 //!   invalidating the tag finds them and their leases.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
 use crate::error::Result;
-use crate::lock::waiters::Waiters;
 
 pub(crate) mod memory;
 pub(crate) mod off;
 pub(crate) mod redis;
+
+/// What a store calls when an entry is stored or its lease freed, so that the
+/// callers waiting for that entry look again at once. The cache's waiters
+/// implement it; a store only knows this interface.
+pub(crate) trait Wake: Send + Sync + std::fmt::Debug {
+    /// Wakes every caller waiting on `entry`.
+    fn wake(&self, entry: &str);
+}
+
+/// A lease token: unique across processes (a per-process random seed and a
+/// counter). Whoever holds the lease of an entry is known by its token.
+pub(crate) fn new_token() -> String {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let local = 0u8;
+        let entropy = format!(
+            "{}:{nanos}:{:p}:{:?}",
+            std::process::id(),
+            &local,
+            std::thread::current().id()
+        );
+        xxhash_rust::xxh3::xxh3_64(entropy.as_bytes())
+    });
+    format!("{seed:016x}{:016x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// How often a lease release that failed is tried again (over about 3 s).
+const RELEASE_ATTEMPTS: u32 = 8;
 
 /// What the cache needs of a store. Keys are full keys (namespace applied).
 pub(crate) trait Backend: Send + Sync {
@@ -29,8 +62,6 @@ pub(crate) trait Backend: Send + Sync {
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Bytes>>> + Send;
     /// Stores `value` for `ttl` (already clamped to the ceiling, never zero).
     fn set(&self, key: &str, value: Bytes, ttl: Duration) -> impl Future<Output = Result<()>> + Send;
-    /// Removes the key; `true` if it existed.
-    fn delete(&self, key: &str) -> impl Future<Output = Result<bool>> + Send;
     /// `true` if the key exists.
     fn exists(&self, key: &str) -> impl Future<Output = Result<bool>> + Send;
     /// The remaining lifetime of the key, `None` if it does not exist.
@@ -58,7 +89,8 @@ pub(crate) trait Backend: Send + Sync {
     ) -> impl Future<Output = Result<bool>> + Send;
     /// Extends the lease if `token` still holds it.
     fn renew_lease(&self, entry: &str, token: &str, ttl: Duration) -> impl Future<Output = Result<bool>> + Send;
-    /// Frees the lease if `token` still holds it.
+    /// Frees the lease if `token` still holds it, and wakes the entry's waiters
+    /// (in every process) so one of them takes the lease at once.
     fn release_lease(&self, entry: &str, token: &str) -> impl Future<Output = Result<()>> + Send;
     /// `true` if some computation holds the lease of `entry`.
     fn lease_held(&self, entry: &str) -> impl Future<Output = Result<bool>> + Send;
@@ -81,8 +113,6 @@ pub(crate) trait Backend: Send + Sync {
     /// of matching entries being computed; returns how many entries existed.
     fn invalidate_pattern(&self, pattern: &str) -> impl Future<Output = Result<u64>> + Send;
 
-    /// Where callers waiting for an entry register to be woken when it is stored.
-    fn waiters(&self) -> &Arc<Waiters>;
     /// Makes sure store announcements reach [`waiters`](Backend::waiters) (the
     /// Redis subscriber is connected), waiting at most `limit`.
     fn listen(&self, limit: Duration) -> impl Future<Output = ()> + Send;
@@ -113,10 +143,6 @@ impl Backend for Store {
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
         dispatch!(self, store => store.set(key, value, ttl).await)
-    }
-
-    async fn delete(&self, key: &str) -> Result<bool> {
-        dispatch!(self, store => store.delete(key).await)
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
@@ -167,11 +193,55 @@ impl Backend for Store {
         dispatch!(self, store => store.invalidate_pattern(pattern).await)
     }
 
-    fn waiters(&self) -> &Arc<Waiters> {
-        dispatch!(self, store => store.waiters())
-    }
-
     async fn listen(&self, limit: Duration) {
         dispatch!(self, store => store.listen(limit).await)
+    }
+}
+
+impl Store {
+    /// Frees the lease of `entry` if `token` still holds it, without waiting:
+    /// what a computation that was dropped mid-way (its caller cancelled) or
+    /// whose store failed leaves behind. The memory store frees it now; the Redis
+    /// store sends the release from a task of its own, which outlives the
+    /// dropped future.
+    pub(crate) fn release_detached(self: &Arc<Self>, entry: &str, token: &str) {
+        match &**self {
+            Store::Memory(store) => store.release_now(entry, token),
+            Store::Redis(redis) => {
+                let (store, entry, token) = (Arc::clone(self), entry.to_owned(), token.to_owned());
+                // Retried for about a lease's length (the longest it could matter):
+                // a release that times out behind a stalled server would otherwise
+                // leave the lease for its full TTL.
+                let release = async move {
+                    let mut pause = Duration::from_millis(50);
+                    for attempt in 1..=RELEASE_ATTEMPTS {
+                        match store.release_lease(&entry, &token).await {
+                            Ok(()) => return,
+                            Err(error) if attempt == RELEASE_ATTEMPTS => {
+                                tracing::debug!(target: "aside", entry = %crate::redact::Redacted(&entry), %error,
+                                    "lease release failed; it expires on its own");
+                            }
+                            Err(_) => {
+                                tokio::time::sleep(pause).await;
+                                pause = (pause * 2).min(Duration::from_millis(500));
+                            }
+                        }
+                    }
+                };
+                redis.spawn_background(release);
+            }
+            Store::Off(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_unique() {
+        let tokens: std::collections::HashSet<String> = (0..1000).map(|_| new_token()).collect();
+        assert_eq!(tokens.len(), 1000);
     }
 }

@@ -1,18 +1,14 @@
 //! The store that stores nothing (`CACHE_BACKEND=off`): every call computes.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::Backend;
 use crate::error::Result;
-use crate::lock::waiters::Waiters;
 
 #[derive(Debug, Default)]
-pub(crate) struct OffStore {
-    waiters: Arc<Waiters>,
-}
+pub(crate) struct OffStore;
 
 impl Backend for OffStore {
     async fn get(&self, _: &str) -> Result<Option<Bytes>> {
@@ -21,10 +17,6 @@ impl Backend for OffStore {
 
     async fn set(&self, _: &str, _: Bytes, _: Duration) -> Result<()> {
         Ok(())
-    }
-
-    async fn delete(&self, _: &str) -> Result<bool> {
-        Ok(false)
     }
 
     async fn exists(&self, _: &str) -> Result<bool> {
@@ -74,10 +66,6 @@ impl Backend for OffStore {
 
     async fn invalidate_pattern(&self, _: &str) -> Result<u64> {
         Ok(0)
-    }
-
-    fn waiters(&self) -> &Arc<Waiters> {
-        &self.waiters
     }
 
     async fn listen(&self, _: Duration) {}

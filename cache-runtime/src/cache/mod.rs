@@ -1,11 +1,9 @@
 //! [`Cache`]: the cheap-to-clone handle every call goes through.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -20,10 +18,12 @@ use crate::config::{BackendKind, Settings};
 use crate::entry;
 use crate::error::{Error, Result};
 use crate::events::{Events, Invalidation, InvalidationKind};
+use crate::flow::{Call, Shared};
 use crate::key::Key;
-use crate::lock::{self, Flights, Plan, Role};
+use crate::lock::waiters::Waiters;
 use crate::outcome::Outcome;
-use crate::policy::{clamp, Policy};
+use crate::policy::Policy;
+use crate::redact::Redacted;
 use crate::stats::{Event, Probe, Recorder, Stats};
 use crate::tags;
 
@@ -35,12 +35,10 @@ pub use builder::CacheBuilder;
 /// The debug span of one call named `$op` (a literal: span names are static): its
 /// function and key now, its outcome when the call ends.
 macro_rules! call_span {
-    ($cache:expr, $op:literal, $policy:expr, $key:expr) => {{
-        let span = tracing::debug_span!(target: "aside", $op, function = $policy.function_name(),
-            key = tracing::field::Empty, outcome = tracing::field::Empty);
-        $cache.record_key(&span, $key);
-        span
-    }};
+    ($op:literal, $policy:expr) => {
+        tracing::debug_span!(target: "aside", $op, function = $policy.function_name(),
+            key = tracing::field::Empty, outcome = tracing::field::Empty)
+    };
 }
 
 /// A handle to one cache: its settings, its store (Redis, memory or off) and its
@@ -63,18 +61,15 @@ pub struct Cache {
 }
 
 struct Inner {
-    settings: Settings,
-    store: Store,
+    shared: Shared,
     stats: Recorder,
-    flights: Arc<Flights>,
     events: broadcast::Sender<Invalidation>,
-    clamp_logged: AtomicBool,
 }
 
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cache")
-            .field("settings", &self.inner.settings)
+            .field("settings", &self.inner.shared.settings)
             .finish_non_exhaustive()
     }
 }
@@ -104,9 +99,9 @@ impl Cache {
     /// As [`from_env`](Cache::from_env), less the configuration errors.
     pub async fn connect(settings: Settings) -> Result<Cache> {
         let cache = Cache::lazy(settings);
-        if let Store::Redis(store) = &cache.inner.store {
+        if let Store::Redis(store) = &*cache.inner.shared.store {
             store
-                .connect(cache.inner.settings.op_timeout.max(Duration::from_secs(5)))
+                .connect(cache.settings().op_timeout.max(Duration::from_secs(5)))
                 .await?;
         }
         Ok(cache)
@@ -114,32 +109,34 @@ impl Cache {
 
     /// Builds a cache from `settings` that connects on first use. Needs no runtime.
     pub fn lazy(settings: Settings) -> Cache {
+        let waiters = Arc::new(Waiters::default());
         let store = match &settings.backend {
-            BackendKind::Redis(target) => Store::Redis(RedisStore::new(target.clone(), &settings)),
+            BackendKind::Redis(target) => Store::Redis(RedisStore::new(target.clone(), &settings, waiters.clone())),
             BackendKind::Memory => {
                 static ANNOUNCED: std::sync::Once = std::sync::Once::new();
                 ANNOUNCED.call_once(|| {
                     tracing::info!(target: "aside", "no REDIS_URL: caching in process memory (set REDIS_URL to share a cache between processes)");
                 });
-                Store::Memory(MemoryStore::new(settings.memory_capacity))
+                Store::Memory(MemoryStore::new(settings.memory_capacity, waiters.clone()))
             }
-            BackendKind::Off => Store::Off(OffStore::default()),
+            BackendKind::Off => Store::Off(OffStore),
         };
         Cache {
             inner: Arc::new(Inner {
-                settings,
-                store,
+                shared: Shared::new(settings, store, waiters),
                 stats: Recorder::default(),
-                flights: Arc::default(),
                 events: broadcast::channel(1024).0,
-                clamp_logged: AtomicBool::new(false),
             }),
         }
     }
 
     /// The settings in force.
     pub fn settings(&self) -> &Settings {
-        &self.inner.settings
+        &self.inner.shared.settings
+    }
+
+    fn store(&self) -> &Arc<Store> {
+        &self.inner.shared.store
     }
 
     /// The full key `key` is stored under in this cache (namespace and key version applied).
@@ -154,7 +151,7 @@ impl Cache {
     /// [`Error::Key`] when the key could not be built from its arguments.
     pub fn full_key(&self, key: impl Into<Key>) -> Result<String> {
         key.into()
-            .render(&self.inner.settings.namespace, self.inner.settings.key_version)
+            .render(&self.settings().namespace, self.settings().key_version)
     }
 
     /// The full key of a cached call, unless the key or the policy's tags could not be built.
@@ -185,10 +182,15 @@ impl Cache {
     pub async fn get_json<T: DeserializeOwned>(&self, key: impl Into<Key>) -> Result<Option<T>> {
         let key = self.full_key(key)?;
         let probe = self.inner.stats.probe(None);
-        let Some(bytes) = self.inner.store.get(&key).await? else {
+        let Some(bytes) = self.store().get(&key).await? else {
             return Ok(None);
         };
-        Ok(self.decode::<T>(&key, &bytes, &probe).map(|entry| entry.value))
+        Ok(self
+            .inner
+            .shared
+            .codec
+            .decode::<T>(&key, &bytes, &probe)
+            .map(|entry| entry.value))
     }
 
     /// Stores `value` under `key` for `ttl`, clamped to the ceiling (`CACHE_MAX_TTL`).
@@ -212,18 +214,20 @@ impl Cache {
     /// serialize, [`Error::ValueTooLarge`] above `CACHE_MAX_VALUE_SIZE`, backend failures.
     pub async fn set_json<T: Serialize + ?Sized>(&self, key: impl Into<Key>, value: &T, ttl: Duration) -> Result<()> {
         let key = self.full_key(key)?;
-        let (bytes, ttl) = self.encode_entry(&key, value, ttl, ttl, entry::encode)?;
-        self.inner.store.set(&key, bytes, ttl).await
+        let codec = &self.inner.shared.codec;
+        let (bytes, ttl) = codec.encode(&key, value, ttl, ttl, entry::encode)?;
+        codec.fits(&bytes)?;
+        self.store().set(&key, bytes, ttl).await
     }
 
-    /// Removes `key`; `true` if it existed.
+    /// Removes `key`; `true` if it existed. Exactly [`invalidate_key`](Cache::invalidate_key):
+    /// a computation of the entry in flight is revoked too (its store is refused).
     ///
     /// # Errors
     ///
     /// Backend failures and timeouts, and [`Error::Key`].
     pub async fn delete(&self, key: impl Into<Key>) -> Result<bool> {
-        let key = self.full_key(key)?;
-        self.inner.store.delete(&key).await
+        self.invalidate_key(key).await
     }
 
     /// `true` if `key` holds an entry.
@@ -233,7 +237,7 @@ impl Cache {
     /// Backend failures and timeouts, and [`Error::Key`].
     pub async fn exists(&self, key: impl Into<Key>) -> Result<bool> {
         let key = self.full_key(key)?;
-        self.inner.store.exists(&key).await
+        self.store().exists(&key).await
     }
 
     /// The remaining lifetime of `key` (Redis `PTTL`), `None` if it does not exist.
@@ -243,7 +247,7 @@ impl Cache {
     /// Backend failures and timeouts, and [`Error::Key`].
     pub async fn ttl(&self, key: impl Into<Key>) -> Result<Option<Duration>> {
         let key = self.full_key(key)?;
-        self.inner.store.ttl(&key).await
+        self.store().ttl(&key).await
     }
 
     /// The cache-aside call: returns the stored value for `key`, or runs `compute`,
@@ -319,52 +323,19 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = O>,
     {
-        let key = key.into();
         let probe = self.inner.stats.probe(policy.function_name());
-        let span = call_span!(self, "get_or_compute", policy, &key);
-        let outcome = self.lookup(key, policy, &probe, compute).instrument(span.clone()).await;
+        let span = call_span!("get_or_compute", policy);
+        let outcome = match self.call_key(key.into(), policy, &probe, &span) {
+            Ok(entry) => {
+                Call::new(&self.inner.shared, &entry, policy, &probe, compute)
+                    .lookup()
+                    .instrument(span.clone())
+                    .await
+            }
+            Err(()) => Self::uncached(&probe, compute).instrument(span.clone()).await,
+        };
         span.record("outcome", probe.outcome());
         outcome
-    }
-
-    /// The body of [`get_or_compute`](Cache::get_or_compute), inside its span.
-    async fn lookup<O, F, Fut>(&self, key: Key, policy: &Policy, probe: &Probe<'_>, compute: F) -> O
-    where
-        O: Outcome,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = O>,
-    {
-        let (key, compute) = match self.call_key(key, policy, probe, compute).await {
-            Ok(usable) => usable,
-            Err(outcome) => return outcome,
-        };
-        let stale = match self.inner.store.get(&key).await {
-            Ok(Some(bytes)) => match self.decode::<O::Value>(&key, &bytes, probe) {
-                Some(entry) if entry.is_fresh() => {
-                    probe.record(Event::Hit);
-                    return O::from_cached(entry.value);
-                }
-                Some(entry) if !policy.stale_window().is_zero() => Some(entry.value),
-                _ => None,
-            },
-            Ok(None) => None,
-            Err(_) => {
-                // The store is failing: no lock, no store, just the value.
-                probe.record(Event::BackendError);
-                probe.record(Event::Miss);
-                return Self::compute_unstored(probe, compute).await;
-            }
-        };
-        let plan = self.plan(&key, policy);
-        match stale {
-            // The cold paths are boxed: the lease protocol makes their futures large,
-            // and every hit would otherwise carry (and move) that size.
-            Some(old) => Box::pin(self.revalidate(&plan, policy, probe, old, compute)).await,
-            None => {
-                probe.record(Event::Miss);
-                Box::pin(self.miss(&plan, policy, probe, compute)).await
-            }
-        }
     }
 
     /// Runs `compute` now and overwrites the entry with its result (when
@@ -391,69 +362,56 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = O>,
     {
-        let key = key.into();
         let probe = self.inner.stats.probe(policy.function_name());
-        let span = call_span!(self, "refresh", policy, &key);
-        let outcome = self
-            .overwrite(key, policy, &probe, compute)
-            .instrument(span.clone())
-            .await;
+        let span = call_span!("refresh", policy);
+        let outcome = match self.call_key(key.into(), policy, &probe, &span) {
+            Ok(entry) => {
+                Call::new(&self.inner.shared, &entry, policy, &probe, compute)
+                    .overwrite()
+                    .instrument(span.clone())
+                    .await
+            }
+            Err(()) => Self::uncached(&probe, compute).instrument(span.clone()).await,
+        };
         span.record("outcome", probe.outcome());
         outcome
     }
 
-    /// The body of [`refresh`](Cache::refresh), inside its span.
-    async fn overwrite<O, F, Fut>(&self, key: Key, policy: &Policy, probe: &Probe<'_>, compute: F) -> O
-    where
-        O: Outcome,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = O>,
-    {
-        let (key, compute) = match self.call_key(key, policy, probe, compute).await {
-            Ok(usable) => usable,
-            Err(outcome) => return outcome,
-        };
-        let plan = self.plan(&key, policy);
-        let token = lock::new_token();
-        match plan.acquire(&token, true).await {
-            Ok(_) => self.compute_leased(&plan, policy, probe, &token, compute).await,
-            Err(_) => {
-                probe.record(Event::BackendError);
-                Self::compute_unstored(probe, compute).await
-            }
-        }
-    }
-
-    /// Records the full key on a call's span, rendering it only when the span is enabled.
-    fn record_key(&self, span: &tracing::Span, key: &Key) {
-        if !span.is_disabled() {
-            if let Ok(full) = self.full_key(key) {
-                span.record("key", full.as_str());
-            }
-        }
-    }
-
-    /// The full key of a call and its computation, or — when no key can be built
-    /// from the arguments or tags — the result computed without the cache.
-    async fn call_key<O, F, Fut>(
+    /// The full key of a call, recorded (redacted) on its span; `Err` — logged
+    /// and counted — when no key can be built from the arguments or tags.
+    fn call_key(
         &self,
         key: Key,
         policy: &Policy,
         probe: &Probe<'_>,
-        compute: F,
-    ) -> std::result::Result<(String, F), O>
+        span: &tracing::Span,
+    ) -> std::result::Result<String, ()> {
+        match self.usable_key(key, policy) {
+            Ok(entry) => {
+                if !span.is_disabled() {
+                    span.record("key", tracing::field::display(Redacted(&entry)));
+                }
+                Ok(entry)
+            }
+            Err(error) => {
+                tracing::warn!(target: "aside", function = policy.function_name(), %error,
+                    "no key for this call; computing without the cache");
+                probe.record(Event::BackendError);
+                Err(())
+            }
+        }
+    }
+
+    /// A call that cannot use the cache: the value, nothing stored.
+    async fn uncached<O, F, Fut>(probe: &Probe<'_>, compute: F) -> O
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = O>,
     {
-        match self.usable_key(key, policy) {
-            Ok(key) => Ok((key, compute)),
-            Err(error) => {
-                tracing::warn!(target: "aside", %error, "no key for this call; computing without the cache");
-                probe.record(Event::BackendError);
-                Err(Self::compute_unstored(probe, compute).await)
-            }
-        }
+        let started = std::time::Instant::now();
+        let outcome = compute().await;
+        probe.computed(started.elapsed());
+        outcome
     }
 
     /// Removes the entry at `key`, revoking any computation of it in flight (its
@@ -479,7 +437,7 @@ impl Cache {
     pub async fn invalidate_key(&self, key: impl Into<Key>) -> Result<bool> {
         let key = key.into();
         let full = self.full_key(&key)?;
-        let removed = self.inner.store.invalidate_entry(&full).await?;
+        let removed = self.store().invalidate_entry(&full).await?;
         if let (true, Some(function)) = (removed, key.function_name()) {
             self.inner.stats.probe(Some(&function)).record(Event::Invalidation);
         }
@@ -511,8 +469,8 @@ impl Cache {
     ///
     /// Backend failures and timeouts.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<u64> {
-        let tag_key = tags::tag_key(&self.inner.settings.namespace, tag);
-        let removed = self.inner.store.invalidate_tag(&tag_key).await?;
+        let tag_key = tags::tag_key(&self.settings().namespace, tag);
+        let removed = self.store().invalidate_tag(&tag_key).await?;
         self.announce(InvalidationKind::Tag, tag.to_owned(), removed);
         Ok(removed)
     }
@@ -540,8 +498,8 @@ impl Cache {
     ///
     /// Backend failures and timeouts.
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
-        let full = format!("{}:{pattern}", self.inner.settings.namespace);
-        let removed = self.inner.store.invalidate_pattern(&full).await?;
+        let full = format!("{}:{pattern}", self.settings().namespace);
+        let removed = self.store().invalidate_pattern(&full).await?;
         self.announce(InvalidationKind::Pattern, full, removed);
         Ok(removed)
     }
@@ -571,7 +529,7 @@ impl Cache {
     ///
     /// Backend failures and timeouts.
     pub async fn ping(&self) -> Result<Duration> {
-        self.inner.store.ping().await
+        self.store().ping().await
     }
 
     /// A snapshot of the counters, in total and per function, and the state of
@@ -594,7 +552,7 @@ impl Cache {
     /// ```
     pub fn stats(&self) -> Stats {
         let mut stats = self.inner.stats.snapshot();
-        if let Store::Redis(store) = &self.inner.store {
+        if let Store::Redis(store) = &**self.store() {
             stats.breaker = store.breaker().state();
             (stats.breaker_opened, stats.breaker_skips) = store.breaker().counts();
         }
@@ -605,289 +563,5 @@ impl Cache {
         self.inner.stats.invalidated(removed);
         tracing::debug!(target: "aside", kind = ?kind, target = %target, removed, "invalidated");
         let _ = self.inner.events.send(Invalidation { kind, target, removed });
-    }
-
-    fn plan<'a>(&'a self, key: &'a str, policy: &Policy) -> Plan<'a> {
-        let settings = &self.inner.settings;
-        let lifetime = clamp(policy.ttl().saturating_add(policy.stale_window()), settings.max_ttl).ttl;
-        Plan {
-            store: &self.inner.store,
-            entry: key,
-            tag_keys: policy
-                .tag_list()
-                .iter()
-                .map(|tag| tags::tag_key(&settings.namespace, tag))
-                .collect(),
-            lifetime: lifetime.max(Duration::from_millis(1)),
-            horizon: tags::prune_horizon(settings.max_ttl),
-            lease_ttl: clamp(policy.lock_lease(), settings.max_ttl)
-                .ttl
-                .max(Duration::from_millis(1)),
-            deadline: std::time::Instant::now() + policy.wait_limit(),
-        }
-    }
-
-    /// A cold key: one leader per process (the others follow it), one lease holder
-    /// across processes.
-    async fn miss<O, F, Fut>(&self, plan: &Plan<'_>, policy: &Policy, probe: &Probe<'_>, compute: F) -> O
-    where
-        O: Outcome,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = O>,
-    {
-        let mut waited = false;
-        loop {
-            match self.inner.flights.join(plan.entry) {
-                Role::Follower(receiver) => {
-                    if !std::mem::replace(&mut waited, true) {
-                        probe.record(Event::LockWait);
-                    }
-                    if lock::follow(receiver, plan.deadline).await.is_err() {
-                        return self.give_up_waiting(plan, probe, compute).await;
-                    }
-                    // Read what the leader stored, if it is still there; otherwise
-                    // (not cacheable, revoked, cancelled) try again.
-                    match self.inner.store.get(plan.entry).await {
-                        Ok(Some(bytes)) => {
-                            if let Some(entry) = self.decode::<O::Value>(plan.entry, &bytes, probe) {
-                                if entry.is_fresh() {
-                                    return O::from_cached(entry.value);
-                                }
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(_) => {
-                            probe.record(Event::BackendError);
-                            return Self::compute_unstored(probe, compute).await;
-                        }
-                    }
-                }
-                Role::Leader(pilot) => {
-                    let outcome = self.lead(plan, policy, probe, waited, compute).await;
-                    drop(pilot);
-                    return outcome;
-                }
-            }
-        }
-    }
-
-    /// This process's leader: takes the lease and computes, or waits for the
-    /// process that holds it.
-    async fn lead<O, F, Fut>(
-        &self,
-        plan: &Plan<'_>,
-        policy: &Policy,
-        probe: &Probe<'_>,
-        mut waited: bool,
-        compute: F,
-    ) -> O
-    where
-        O: Outcome,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = O>,
-    {
-        let token = lock::new_token();
-        loop {
-            match plan.acquire(&token, false).await {
-                Ok(true) => {
-                    // Another process may have stored between our miss and our lease.
-                    if let Some(value) = self.fresh_under_lease::<O::Value>(plan, &token).await {
-                        return O::from_cached(value);
-                    }
-                    return self.compute_leased(plan, policy, probe, &token, compute).await;
-                }
-                Ok(false) => {
-                    if !std::mem::replace(&mut waited, true) {
-                        probe.record(Event::LockWait);
-                    }
-                    let accept = |bytes: Bytes| entry::decode::<O::Value>(&bytes).ok().filter(entry::Entry::is_fresh);
-                    match plan.wait_for_value(accept).await {
-                        Ok(Some(entry)) => return O::from_cached(entry.value),
-                        Ok(None) => continue,
-                        Err(lock::WaitTimeout) => return self.give_up_waiting(plan, probe, compute).await,
-                    }
-                }
-                Err(_) => {
-                    probe.record(Event::BackendError);
-                    return Self::compute_unstored(probe, compute).await;
-                }
-            }
-        }
-    }
-
-    /// A stale entry: one caller (cluster-wide) recomputes; everyone else, and
-    /// that caller when its recomputation fails, gets the old value.
-    async fn revalidate<O, F, Fut>(
-        &self,
-        plan: &Plan<'_>,
-        policy: &Policy,
-        probe: &Probe<'_>,
-        old: O::Value,
-        compute: F,
-    ) -> O
-    where
-        O: Outcome,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = O>,
-    {
-        let token = lock::new_token();
-        match plan.acquire(&token, false).await {
-            Ok(true) => {
-                // Someone may have refreshed it between our read and our lease.
-                if let Some(value) = self.fresh_under_lease::<O::Value>(plan, &token).await {
-                    return O::from_cached(value);
-                }
-                let outcome = self.compute_leased(plan, policy, probe, &token, compute).await;
-                if outcome.cacheable(policy).is_some() {
-                    return outcome;
-                }
-                tracing::debug!(target: "aside", entry = plan.entry, "refresh failed; serving the stale value");
-            }
-            Ok(false) => {}
-            Err(_) => probe.record(Event::BackendError),
-        }
-        probe.record(Event::StaleHit);
-        O::from_cached(old)
-    }
-
-    /// Computes while holding the lease, then stores if the lease still holds.
-    async fn compute_leased<O, F, Fut>(
-        &self,
-        plan: &Plan<'_>,
-        policy: &Policy,
-        probe: &Probe<'_>,
-        token: &str,
-        compute: F,
-    ) -> O
-    where
-        O: Outcome,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = O>,
-    {
-        let started = std::time::Instant::now();
-        let outcome = plan.hold(token, compute()).await;
-        probe.computed(started.elapsed());
-        let encoded = match outcome.cacheable(policy) {
-            None => None,
-            Some(value) => match self.encode_entry(plan.entry, value, policy.ttl(), plan.lifetime, |value, fresh| {
-                entry::encode_as(value, fresh, self.inner.settings.entry_format)
-            }) {
-                Ok(encoded) => Some(encoded),
-                Err(error) => {
-                    self.count_unstored(probe, plan.entry, &error);
-                    None
-                }
-            },
-        };
-        let Some((bytes, ttl)) = encoded else {
-            if let Err(error) = plan.store.release_lease(plan.entry, token).await {
-                tracing::debug!(target: "aside", entry = plan.entry, %error, "lease release failed; it expires on its own");
-            }
-            return outcome;
-        };
-        match plan.store(token, bytes, ttl).await {
-            Ok(true) => {}
-            Ok(false) => {
-                probe.record(Event::Revoked);
-                tracing::debug!(target: "aside", entry = plan.entry, "invalidated while computing; result not stored");
-            }
-            Err(_) => probe.record(Event::BackendError),
-        }
-        outcome
-    }
-
-    /// Holding the lease, reads the entry once more: if a fresh value arrived
-    /// meanwhile, frees the lease and returns it, so the race between a miss and
-    /// another caller's store does not run the computation twice.
-    async fn fresh_under_lease<T: DeserializeOwned>(&self, plan: &Plan<'_>, token: &str) -> Option<T> {
-        let bytes = self.inner.store.get(plan.entry).await.ok().flatten()?;
-        let entry = entry::decode::<T>(&bytes).ok().filter(entry::Entry::is_fresh)?;
-        if let Err(error) = plan.store.release_lease(plan.entry, token).await {
-            tracing::debug!(target: "aside", entry = plan.entry, %error, "lease release failed; it expires on its own");
-        }
-        Some(entry.value)
-    }
-
-    /// `wait` ran out: compute without the lease, and so without storing.
-    async fn give_up_waiting<O, F, Fut>(&self, plan: &Plan<'_>, probe: &Probe<'_>, compute: F) -> O
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = O>,
-    {
-        probe.record(Event::LockTimeout);
-        tracing::debug!(target: "aside", entry = plan.entry, "waited too long for another computation; computing without storing");
-        Self::compute_unstored(probe, compute).await
-    }
-
-    /// Fail-open: the value, nothing stored.
-    async fn compute_unstored<O, F, Fut>(probe: &Probe<'_>, compute: F) -> O
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = O>,
-    {
-        let started = std::time::Instant::now();
-        let outcome = compute().await;
-        probe.computed(started.elapsed());
-        outcome
-    }
-
-    fn count_unstored(&self, probe: &Probe<'_>, key: &str, error: &Error) {
-        match error {
-            Error::ValueTooLarge { size, limit } => {
-                probe.record(Event::Oversized);
-                tracing::debug!(target: "aside", key, size, limit, "value not stored: larger than the size limit");
-            }
-            error => tracing::warn!(target: "aside", key, %error, "value not stored"),
-        }
-    }
-
-    /// Encodes `value` with `encode`, fresh for `fresh`, kept for `lifetime`
-    /// clamped to the ceiling; checks the size limit. Returns the bytes and the
-    /// TTL to write.
-    fn encode_entry<T: ?Sized>(
-        &self,
-        key: &str,
-        value: &T,
-        fresh: Duration,
-        lifetime: Duration,
-        encode: impl FnOnce(&T, Duration) -> Result<Vec<u8>>,
-    ) -> Result<(Bytes, Duration)> {
-        if fresh.is_zero() {
-            return Err(Error::InvalidTtl(fresh));
-        }
-        let ceiling = clamp(lifetime, self.inner.settings.max_ttl);
-        if ceiling.clamped {
-            self.log_clamp(key, lifetime);
-        }
-        let bytes = encode(value, fresh.min(ceiling.ttl))?;
-        let limit = self.inner.settings.max_value_size;
-        if bytes.len() > limit {
-            return Err(Error::ValueTooLarge {
-                size: bytes.len(),
-                limit,
-            });
-        }
-        Ok((Bytes::from(bytes), ceiling.ttl))
-    }
-
-    fn log_clamp(&self, key: &str, asked: Duration) {
-        let ceiling = self.inner.settings.max_ttl;
-        if !self.inner.clamp_logged.swap(true, Ordering::Relaxed) {
-            tracing::warn!(target: "aside", key, asked = ?asked, ceiling = ?ceiling,
-                "TTL above the ceiling clamped (further clamps are logged at debug)");
-        } else {
-            tracing::debug!(target: "aside", key, asked = ?asked, ceiling = ?ceiling, "TTL clamped");
-        }
-    }
-
-    fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8], probe: &Probe<'_>) -> Option<entry::Entry<T>> {
-        match entry::decode(bytes) {
-            Ok(entry) => Some(entry),
-            Err(error) => {
-                probe.record(Event::DecodeError);
-                tracing::warn!(target: "aside", key, %error, "entry does not decode; treating it as a miss");
-                None
-            }
-        }
     }
 }

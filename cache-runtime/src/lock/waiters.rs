@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use crate::backend::Wake;
+
 /// Entry keys some caller waits on, each with the `Notify` its waiters sleep on.
 #[derive(Debug, Default)]
 pub(crate) struct Waiters {
@@ -44,6 +46,12 @@ impl Waiters {
         if let Some(slot) = keys.get(key) {
             slot.notify.notify_waiters();
         }
+    }
+}
+
+impl Wake for Waiters {
+    fn wake(&self, entry: &str) {
+        Waiters::wake(self, entry);
     }
 }
 

@@ -2,6 +2,7 @@
 //! and tag sets under one lock each, mirroring what Redis keeps.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -11,10 +12,9 @@ use moka::Expiry;
 
 mod glob;
 
-use super::Backend;
+use super::{Backend, Wake};
 use crate::config::MemoryCapacity;
 use crate::error::Result;
-use crate::lock::waiters::Waiters;
 
 #[derive(Clone, Debug)]
 struct Slot {
@@ -54,8 +54,15 @@ pub(crate) struct MemoryStore {
     /// Lock order: `tags` before `leases`.
     tags: Mutex<HashMap<String, TagSet>>,
     leases: Mutex<HashMap<String, Lease>>,
-    waiters: Arc<Waiters>,
+    /// Lease requests so far; every [`SWEEP_EVERY`]th sweeps expired leases.
+    lease_requests: AtomicU64,
+    wake: Arc<dyn Wake>,
 }
+
+/// How many lease requests pass between two sweeps of expired leases (leases
+/// of computations that were never finished, nor released: a panicking
+/// computation, or a lease taken just before its caller was dropped).
+const SWEEP_EVERY: u64 = 1024;
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,7 +77,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MemoryStore {
-    pub(crate) fn new(capacity: MemoryCapacity) -> MemoryStore {
+    pub(crate) fn new(capacity: MemoryCapacity, wake: Arc<dyn Wake>) -> MemoryStore {
         let builder = Moka::builder().expire_after(ExpiresAt);
         let entries = match capacity {
             MemoryCapacity::Entries(n) => builder.max_capacity(n).build(),
@@ -83,7 +90,8 @@ impl MemoryStore {
             entries,
             tags: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
-            waiters: Arc::new(Waiters::default()),
+            lease_requests: AtomicU64::new(0),
+            wake,
         }
     }
 
@@ -102,6 +110,21 @@ impl MemoryStore {
             leases.remove(entry);
         }
         leases.get(entry)
+    }
+
+    /// Frees the lease of `entry` if `token` holds it, and wakes its waiters.
+    pub(crate) fn release_now(&self, entry: &str, token: &str) {
+        let released = {
+            let mut leases = lock(&self.leases);
+            let held = leases.get(entry).is_some_and(|lease| lease.token == token);
+            if held {
+                leases.remove(entry);
+            }
+            held
+        };
+        if released {
+            self.wake.wake(entry);
+        }
     }
 
     fn remove_entry_and_lease(&self, entry: &str) -> bool {
@@ -127,13 +150,6 @@ impl Backend for MemoryStore {
             },
         );
         Ok(())
-    }
-
-    async fn delete(&self, key: &str) -> Result<bool> {
-        Ok(self
-            .entries
-            .remove(key)
-            .is_some_and(|slot| slot.expires_at > Instant::now()))
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
@@ -173,6 +189,10 @@ impl Backend for MemoryStore {
 
     async fn acquire_lease(&self, entry: &str, token: &str, ttl: Duration, steal: bool) -> Result<bool> {
         let mut leases = lock(&self.leases);
+        if self.lease_requests.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            let now = Instant::now();
+            leases.retain(|_, lease| lease.expires_at > now);
+        }
         if !steal && Self::held(&mut leases, entry).is_some() {
             return Ok(false);
         }
@@ -199,10 +219,7 @@ impl Backend for MemoryStore {
     }
 
     async fn release_lease(&self, entry: &str, token: &str) -> Result<()> {
-        let mut leases = lock(&self.leases);
-        if leases.get(entry).is_some_and(|lease| lease.token == token) {
-            leases.remove(entry);
-        }
+        self.release_now(entry, token);
         Ok(())
     }
 
@@ -225,7 +242,7 @@ impl Backend for MemoryStore {
                 },
             );
         }
-        self.waiters.wake(entry);
+        self.wake.wake(entry);
         Ok(true)
     }
 
@@ -261,10 +278,6 @@ impl Backend for MemoryStore {
             removed += u64::from(self.remove_entry_and_lease(entry));
         }
         Ok(removed)
-    }
-
-    fn waiters(&self) -> &Arc<Waiters> {
-        &self.waiters
     }
 
     async fn listen(&self, _: Duration) {}

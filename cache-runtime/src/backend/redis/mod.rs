@@ -18,12 +18,11 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
 
-use super::Backend;
+use super::{Backend, Wake};
 use crate::breaker::Breaker;
 use crate::config::{RedisTarget, Settings};
 use crate::error::{Error, Result};
 use crate::key::companion_key;
-use crate::lock::waiters::Waiters;
 
 /// Entries removed or revoked concurrently per invalidation batch.
 const INVALIDATION_CONCURRENCY: usize = 64;
@@ -77,8 +76,10 @@ pub(crate) struct RedisStore {
     connection: Arc<OnceCell<Connection>>,
     breaker: Breaker,
     channel: String,
-    waiters: Arc<Waiters>,
     listener: notify::Listener,
+    /// Set once a store's announcement was refused (an ACL user without
+    /// channel rights), so the warning is logged once.
+    announce_refused: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -93,15 +94,14 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// A store that connects on first use; the namespace names its announcement channel.
-    pub(crate) fn new(target: RedisTarget, settings: &Settings) -> RedisStore {
+    pub(crate) fn new(target: RedisTarget, settings: &Settings, waiters: Arc<dyn Wake>) -> RedisStore {
         let channel = format!("{}~stored", settings.namespace);
         let tls_ca = settings.tls_ca_pem.clone().map(Arc::new);
-        let waiters = Arc::new(Waiters::default());
         let urls = match target.cluster_nodes() {
             Some(nodes) => nodes.to_vec(),
             None => vec![target.secret_url().to_owned()],
         };
-        let listener = notify::Listener::new(urls, tls_ca.clone(), channel.clone(), Arc::clone(&waiters));
+        let listener = notify::Listener::new(urls, tls_ca.clone(), channel.clone(), waiters);
         RedisStore {
             target,
             tls_ca,
@@ -109,8 +109,8 @@ impl RedisStore {
             connection: Arc::default(),
             breaker: Breaker::default(),
             channel,
-            waiters,
             listener,
+            announce_refused: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -180,6 +180,24 @@ impl RedisStore {
         }
         permit.record(available, &self.target);
         result
+    }
+
+    /// Runs `work` in the background, outliving the caller's future (a lease
+    /// released after its computation was dropped).
+    pub(crate) fn spawn_background(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(work)),
+            Err(_) => tracing::debug!(target: "aside", "no runtime to release a lease on; it expires on its own"),
+        }
+    }
+
+    /// Logs once that the Redis user may not publish store announcements.
+    fn announcement_refused(&self) {
+        if !self.announce_refused.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(target: "aside", channel = %self.channel,
+                "the Redis user may not publish on the cache's channel (ACL: grant `&{}`): entries are stored, but waiters in other processes notice them only by re-checking every 500 ms",
+                self.channel);
+        }
     }
 
     /// The breaker's state, and how often it opened and skipped.
@@ -356,11 +374,6 @@ impl Backend for RedisStore {
         .await
     }
 
-    async fn delete(&self, key: &str) -> Result<bool> {
-        let removed: u64 = self.run("DEL", redis::cmd("DEL").arg(key)).await?;
-        Ok(removed > 0)
-    }
-
     async fn exists(&self, key: &str) -> Result<bool> {
         let found: u64 = self.run("EXISTS", redis::cmd("EXISTS").arg(key)).await?;
         Ok(found > 0)
@@ -426,10 +439,15 @@ impl Backend for RedisStore {
         let mut release = redis::cmd("EVAL");
         release
             .arg(scripts::RELEASE_LEASE)
-            .arg(1)
+            .arg(2)
+            .arg(entry)
             .arg(lease_key(entry))
-            .arg(token);
-        let _: i64 = self.run("release lease", &release).await?;
+            .arg(token)
+            .arg(&self.channel);
+        let released: i64 = self.run("release lease", &release).await?;
+        if released == scripts::DONE_UNANNOUNCED {
+            self.announcement_refused();
+        }
         Ok(())
     }
 
@@ -448,7 +466,10 @@ impl Backend for RedisStore {
                 invocation.invoke_async(&mut conn).await
             })
             .await?;
-        Ok(stored == 1)
+        if stored == scripts::DONE_UNANNOUNCED {
+            self.announcement_refused();
+        }
+        Ok(stored != 0)
     }
 
     async fn invalidate_entry(&self, entry: &str) -> Result<bool> {
@@ -469,7 +490,7 @@ impl Backend for RedisStore {
         // Detach the whole set in one step: every member registered before now —
         // whatever its score — is removed below, registrations from now on start a
         // new set, and the loop ends however busy the tag is.
-        let detached = companion_key(tag_key, &format!("invalidating:{}", crate::lock::new_token()));
+        let detached = companion_key(tag_key, &format!("invalidating:{}", super::new_token()));
         let detached = &detached;
         let ttl = millis(DETACHED_TTL);
         let found: i64 = self
@@ -526,10 +547,6 @@ impl Backend for RedisStore {
         let revoked = self.scan_each(&lease_key(pattern), Leases(self)).await?;
         let removed = self.scan_each(pattern, Entries(self)).await?;
         Ok(revoked + removed)
-    }
-
-    fn waiters(&self) -> &Arc<Waiters> {
-        &self.waiters
     }
 
     async fn listen(&self, limit: Duration) {

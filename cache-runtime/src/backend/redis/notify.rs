@@ -11,14 +11,14 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use crate::lock::waiters::Waiters;
+use crate::backend::Wake;
 
 /// The subscriber: started on the first wait, reconnecting by itself.
 pub(crate) struct Listener {
     urls: Vec<String>,
     tls_ca: Option<Arc<Vec<u8>>>,
     channel: String,
-    waiters: Arc<Waiters>,
+    waiters: Arc<dyn Wake>,
     started: AtomicBool,
     subscribed: watch::Sender<bool>,
     task: Mutex<Option<AbortHandle>>,
@@ -39,7 +39,7 @@ impl Listener {
         urls: Vec<String>,
         tls_ca: Option<Arc<Vec<u8>>>,
         channel: String,
-        waiters: Arc<Waiters>,
+        waiters: Arc<dyn Wake>,
     ) -> Listener {
         Listener {
             urls,
@@ -81,7 +81,7 @@ async fn run(
     urls: Vec<String>,
     tls_ca: Option<Arc<Vec<u8>>>,
     channel: String,
-    waiters: Arc<Waiters>,
+    waiters: Arc<dyn Wake>,
     subscribed: watch::Sender<bool>,
 ) {
     let mut backoff = Duration::from_millis(50);

@@ -10,15 +10,25 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+/// What a script that writes and then announces returns when the write was
+/// done but the announcement refused (`PUBLISH` is sent with `redis.pcall`, so
+/// an ACL user without channel rights — Redis 7's default `resetchannels` —
+/// never leaves a write half-done or reported as failed).
+pub(crate) const DONE_UNANNOUNCED: i64 = 2;
+
 /// KEYS: entry, lease. ARGV: token, value, ttl ms, channel.
 /// Stores only while `token` holds the lease; frees it and announces the store.
+/// Returns 1 (stored), [`DONE_UNANNOUNCED`] or 0 (not the holder: refused).
 pub(crate) static STORE_LEASED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   redis.call('DEL', KEYS[2])
-  redis.call('PUBLISH', ARGV[4], KEYS[1])
+  local sent = redis.pcall('PUBLISH', ARGV[4], KEYS[1])
+  if type(sent) == 'table' and sent.err then
+    return 2
+  end
   return 1
 end
 return 0
@@ -56,14 +66,21 @@ return 0
     )
 });
 
-/// KEYS: lease. ARGV: token. Frees the lease while `token` holds it.
+/// KEYS: entry, lease. ARGV: token, channel. Frees the lease while `token`
+/// holds it and announces the entry, so its waiters (in every process) look
+/// again at once. Returns 1 (freed), [`DONE_UNANNOUNCED`] or 0 (not the holder).
 ///
 /// Sent as `EVAL` with its text, never `EVALSHA`: it is what cleans up after an
 /// operation that timed out, and it may reach a server that never loaded it
 /// after its caller has gone, when nobody is left to load it and retry.
 pub(crate) const RELEASE_LEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+  local sent = redis.pcall('PUBLISH', ARGV[2], KEYS[1])
+  if type(sent) == 'table' and sent.err then
+    return 2
+  end
+  return 1
 end
 return 0
 ";

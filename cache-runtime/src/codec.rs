@@ -1,0 +1,117 @@
+//! How one cache turns values into stored entries and back: the entry format,
+//! the TTL ceiling and the size limit, with the logs and counts of entries that
+//! do not decode, are clamped, or are not stored.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use crate::config::Settings;
+use crate::entry::{self, Entry, EntryFormat};
+use crate::error::{Error, Result};
+use crate::policy::clamp;
+use crate::redact::Redacted;
+use crate::stats::{Event, Probe};
+
+/// The entry rules of one cache.
+#[derive(Debug)]
+pub(crate) struct Codec {
+    format: EntryFormat,
+    max_ttl: Duration,
+    max_value_size: usize,
+    clamp_logged: AtomicBool,
+}
+
+impl Codec {
+    pub(crate) fn new(settings: &Settings) -> Codec {
+        Codec {
+            format: settings.entry_format,
+            max_ttl: settings.max_ttl,
+            max_value_size: settings.max_value_size,
+            clamp_logged: AtomicBool::new(false),
+        }
+    }
+
+    /// The format cached functions' values are written in.
+    pub(crate) fn format(&self) -> EntryFormat {
+        self.format
+    }
+
+    /// Encodes `value` with `encode`, fresh for `fresh`, kept for `lifetime`
+    /// clamped to the ceiling. Returns the bytes and the TTL to write.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTtl`] for a zero `fresh`, and the encoder's errors.
+    pub(crate) fn encode<T: ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        fresh: Duration,
+        lifetime: Duration,
+        encode: impl FnOnce(&T, Duration) -> Result<Vec<u8>>,
+    ) -> Result<(Bytes, Duration)> {
+        if fresh.is_zero() {
+            return Err(Error::InvalidTtl(fresh));
+        }
+        let ceiling = clamp(lifetime, self.max_ttl);
+        if ceiling.clamped {
+            self.log_clamp(key, lifetime);
+        }
+        let bytes = encode(value, fresh.min(ceiling.ttl))?;
+        Ok((Bytes::from(bytes), ceiling.ttl))
+    }
+
+    /// Checks the size limit (`CACHE_MAX_VALUE_SIZE`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ValueTooLarge`] above the limit.
+    pub(crate) fn fits(&self, bytes: &[u8]) -> Result<()> {
+        let limit = self.max_value_size;
+        if bytes.len() > limit {
+            return Err(Error::ValueTooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Decodes an entry; one that does not decode is logged, counted, and a miss.
+    pub(crate) fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8], probe: &Probe<'_>) -> Option<Entry<T>> {
+        match entry::decode(bytes) {
+            Ok(entry) => Some(entry),
+            Err(error) => {
+                probe.record(Event::DecodeError);
+                tracing::warn!(target: "aside", key = %Redacted(key), %error,
+                    "entry does not decode; treating it as a miss");
+                None
+            }
+        }
+    }
+
+    /// Logs and counts a value that was computed but not stored.
+    pub(crate) fn count_unstored(&self, probe: &Probe<'_>, key: &str, error: &Error) {
+        match error {
+            Error::ValueTooLarge { size, limit } => {
+                probe.record(Event::Oversized);
+                tracing::debug!(target: "aside", key = %Redacted(key), size, limit, "value not stored: larger than the size limit");
+            }
+            error => tracing::warn!(target: "aside", key = %Redacted(key),
+                %error, "value not stored"),
+        }
+    }
+
+    fn log_clamp(&self, key: &str, asked: Duration) {
+        let ceiling = self.max_ttl;
+        if !self.clamp_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(target: "aside", key = %Redacted(key), asked = ?asked, ceiling = ?ceiling,
+                "TTL above the ceiling clamped (further clamps are logged at debug)");
+        } else {
+            tracing::debug!(target: "aside", key = %Redacted(key), asked = ?asked, ceiling = ?ceiling, "TTL clamped");
+        }
+    }
+}

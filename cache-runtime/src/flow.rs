@@ -1,0 +1,399 @@
+//! One cached call, from the first read to the store. Its state — the cache's
+//! shared parts, the policy, the stats probe, the entry's lease terms and the
+//! computation — is one value, [`Call`], and each step of the protocol
+//! described in [`lock`](crate::lock) is a method of it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use crate::backend::{Backend, Store};
+use crate::codec::Codec;
+use crate::config::Settings;
+use crate::entry::{self, Entry};
+use crate::lock::flight::{Flights, Landing, Pilot, Role};
+use crate::lock::lease::{Held, Lease, Waited};
+use crate::lock::waiters::Waiters;
+use crate::outcome::Outcome;
+use crate::policy::{clamp, Policy};
+use crate::redact::Redacted;
+use crate::stats::{Event, Probe};
+use crate::tags;
+
+/// What every call of one cache shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) settings: Settings,
+    pub(crate) store: Arc<Store>,
+    pub(crate) codec: Codec,
+    pub(crate) waiters: Arc<Waiters>,
+    /// Callers computing or waiting for a cold entry.
+    flights: Arc<Flights>,
+    /// Callers that gave up waiting for another process, computing without storing.
+    fallbacks: Arc<Flights>,
+}
+
+impl Shared {
+    pub(crate) fn new(settings: Settings, store: Store, waiters: Arc<Waiters>) -> Shared {
+        Shared {
+            codec: Codec::new(&settings),
+            settings,
+            store: Arc::new(store),
+            waiters,
+            flights: Arc::default(),
+            fallbacks: Arc::default(),
+        }
+    }
+}
+
+/// One call of [`get_or_compute`](crate::Cache::get_or_compute) or
+/// [`refresh`](crate::Cache::refresh) for the full key `entry`.
+pub(crate) struct Call<'c, F> {
+    shared: &'c Shared,
+    policy: &'c Policy,
+    probe: &'c Probe<'c>,
+    entry: &'c str,
+    lease: Lease<'c>,
+    /// When the call started: which shared values it may take (see [`Landing::value_for`]).
+    started: Instant,
+    /// When it stops waiting for another's computation: one deadline for the
+    /// whole call, however it waits.
+    deadline: Instant,
+    waited: bool,
+    compute: F,
+}
+
+impl<'c, O, F, Fut> Call<'c, F>
+where
+    O: Outcome,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = O>,
+{
+    pub(crate) fn new(
+        shared: &'c Shared,
+        entry: &'c str,
+        policy: &'c Policy,
+        probe: &'c Probe<'c>,
+        compute: F,
+    ) -> Self {
+        let settings = &shared.settings;
+        let lifetime = clamp(policy.ttl().saturating_add(policy.stale_window()), settings.max_ttl).ttl;
+        let started = Instant::now();
+        Call {
+            shared,
+            policy,
+            probe,
+            entry,
+            lease: Lease {
+                store: &shared.store,
+                waiters: &shared.waiters,
+                entry,
+                namespace: &settings.namespace,
+                tags: policy.tag_list(),
+                lifetime: lifetime.max(Duration::from_millis(1)),
+                horizon: tags::prune_horizon(settings.max_ttl),
+                ttl: clamp(policy.lock_lease(), settings.max_ttl).ttl,
+            },
+            started,
+            deadline: after(started, policy.wait_limit()),
+            waited: false,
+            compute,
+        }
+    }
+
+    /// `get_or_compute`: a hit, a stale value, or a miss.
+    pub(crate) async fn lookup(self) -> O {
+        let stale = match self.shared.store.get(self.entry).await {
+            Ok(Some(bytes)) => match self.shared.codec.decode::<O::Value>(self.entry, &bytes, self.probe) {
+                Some(entry) if entry.is_fresh() => {
+                    self.probe.record(Event::Hit);
+                    return O::from_cached(entry.value);
+                }
+                Some(entry) if !self.policy.stale_window().is_zero() => Some(entry.value),
+                _ => None,
+            },
+            Ok(None) => None,
+            Err(_) => {
+                // The store is failing: no lock, no store, just the value.
+                self.probe.record(Event::BackendError);
+                self.probe.record(Event::Miss);
+                return self.compute_unstored(None).await;
+            }
+        };
+        match stale {
+            // The cold paths are boxed: the lease protocol makes their futures large,
+            // and every hit would otherwise carry (and move) that size.
+            Some(old) => Box::pin(self.revalidate(old)).await,
+            None => {
+                self.probe.record(Event::Miss);
+                Box::pin(self.miss()).await
+            }
+        }
+    }
+
+    /// `refresh`: takes the lease even from a computation in flight, computes and stores.
+    pub(crate) async fn overwrite(self) -> O {
+        match self.lease.steal().await {
+            Ok(held) => self.compute_leased(held, None).await,
+            Err(_) => {
+                self.probe.record(Event::BackendError);
+                self.compute_unstored(None).await
+            }
+        }
+    }
+
+    /// A cold key: one leader per process (the others follow it), one lease
+    /// holder across processes.
+    async fn miss(mut self) -> O {
+        loop {
+            match self.shared.flights.join(self.entry) {
+                Role::Leader(pilot) => return self.lead(pilot).await,
+                Role::Follower(follower) => {
+                    self.note_wait();
+                    let landing = match follower.landing(Some(self.deadline)).await {
+                        Ok(landing) => landing,
+                        Err(_) => return self.give_up().await,
+                    };
+                    if let Some(value) = landing
+                        .value_for(self.started)
+                        .and_then(|bytes| self.decode_shared(bytes))
+                    {
+                        return O::from_cached(value);
+                    }
+                    match landing {
+                        // Not cacheable: each follower computes its own, at once,
+                        // rather than one after another.
+                        Landing::Computed { value: None, .. } => return self.compute_unstored(None).await,
+                        Landing::GaveUp => return self.give_up().await,
+                        _ => {}
+                    }
+                    // Read what the leader stored, if it is still there; otherwise
+                    // (revoked, cancelled) lead or follow again.
+                    match self.shared.store.get(self.entry).await {
+                        Ok(Some(bytes)) => {
+                            if let Some(entry) = self.shared.codec.decode::<O::Value>(self.entry, &bytes, self.probe) {
+                                if entry.is_fresh() {
+                                    return O::from_cached(entry.value);
+                                }
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(_) => {
+                            self.probe.record(Event::BackendError);
+                            return self.compute_unstored(None).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// This process's leader: takes the lease and computes, or waits for the
+    /// process that holds it.
+    async fn lead(mut self, pilot: Pilot) -> O {
+        loop {
+            match self.lease.take().await {
+                Ok(Some(held)) => {
+                    // Another process may have stored between our miss and our lease.
+                    if let Some(value) = fresh_in_store::<O::Value>(self.shared, self.entry).await {
+                        held.release().await;
+                        return O::from_cached(value);
+                    }
+                    return self.compute_leased(held, Some(pilot)).await;
+                }
+                Ok(None) => {
+                    self.note_wait();
+                    let accept = |bytes: Bytes| entry::decode::<O::Value>(&bytes).ok().filter(Entry::is_fresh);
+                    match self.lease.wait_for_value(self.deadline, accept).await {
+                        Ok(Some(entry)) => return O::from_cached(entry.value),
+                        Ok(None) => continue,
+                        Err(Waited::TimedOut) => {
+                            pilot.land(Landing::GaveUp);
+                            return self.give_up().await;
+                        }
+                        Err(Waited::StoreFailed) => {
+                            self.probe.record(Event::BackendError);
+                            return self.compute_unstored(Some(pilot)).await;
+                        }
+                    }
+                }
+                Err(_) => {
+                    self.probe.record(Event::BackendError);
+                    return self.compute_unstored(Some(pilot)).await;
+                }
+            }
+        }
+    }
+
+    /// A stale entry: one caller (cluster-wide) recomputes; everyone else, and
+    /// that caller when its recomputation fails, gets the old value.
+    async fn revalidate(self, old: O::Value) -> O {
+        let (probe, entry) = (self.probe, self.entry);
+        match self.lease.take().await {
+            Ok(Some(held)) => {
+                // Someone may have refreshed it between our read and our lease.
+                if let Some(value) = fresh_in_store::<O::Value>(self.shared, self.entry).await {
+                    held.release().await;
+                    return O::from_cached(value);
+                }
+                let policy = self.policy;
+                let outcome = self.compute_leased(held, None).await;
+                if outcome.cacheable(policy).is_some() {
+                    return outcome;
+                }
+                tracing::debug!(target: "aside", entry = %Redacted(entry), "refresh failed; serving the stale value");
+            }
+            Ok(None) => {}
+            Err(_) => probe.record(Event::BackendError),
+        }
+        probe.record(Event::StaleHit);
+        O::from_cached(old)
+    }
+
+    /// Computes while holding the lease, then stores if the lease still holds
+    /// (or frees it when there is nothing to store), and lands the flight.
+    async fn compute_leased(self, held: Held<'c>, pilot: Option<Pilot>) -> O {
+        let started = Instant::now();
+        let outcome = held.hold((self.compute)()).await;
+        self.probe.computed(started.elapsed());
+        let encoded = outcome.cacheable(self.policy).map(|value| {
+            let format = self.shared.codec.format();
+            self.shared.codec.encode(
+                self.entry,
+                value,
+                self.policy.ttl(),
+                self.lease.lifetime,
+                |value, fresh| entry::encode_as(value, fresh, format),
+            )
+        });
+        let shared = match encoded {
+            None => {
+                held.release().await;
+                None
+            }
+            Some(Err(error)) => {
+                self.shared.codec.count_unstored(self.probe, self.entry, &error);
+                held.release().await;
+                None
+            }
+            Some(Ok((bytes, ttl))) => {
+                match self.shared.codec.fits(&bytes) {
+                    Err(error) => {
+                        self.shared.codec.count_unstored(self.probe, self.entry, &error);
+                        held.release().await;
+                    }
+                    Ok(()) => match held.store(bytes.clone(), ttl).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            self.probe.record(Event::Revoked);
+                            tracing::debug!(target: "aside", entry = %Redacted(self.entry),
+                                "invalidated while computing; result not stored");
+                        }
+                        Err(_) => self.probe.record(Event::BackendError),
+                    },
+                }
+                Some(bytes)
+            }
+        };
+        if let Some(pilot) = pilot {
+            pilot.land(Landing::Computed { value: shared, started });
+        }
+        outcome
+    }
+
+    /// `wait` ran out: compute without the lease, and so without storing. The
+    /// callers of this process that give up on the same entry share one such
+    /// computation.
+    async fn give_up(self) -> O {
+        self.probe.record(Event::LockTimeout);
+        tracing::debug!(target: "aside", entry = %Redacted(self.entry),
+            "waited too long for another computation; computing without storing");
+        match self.shared.fallbacks.join(self.entry) {
+            Role::Leader(pilot) => self.compute_unstored(Some(pilot)).await,
+            Role::Follower(follower) => {
+                // That computation runs here, in this process: wait for it whole.
+                if let Ok(landing) = follower.landing(None).await {
+                    if let Some(value) = landing
+                        .value_for(self.started)
+                        .and_then(|bytes| self.decode_shared(bytes))
+                    {
+                        return O::from_cached(value);
+                    }
+                }
+                self.compute_unstored(None).await
+            }
+        }
+    }
+
+    /// Computes without the lease and stores nothing (fail-open, or a wait that
+    /// ran out); the value goes to the flight's followers that may take it.
+    async fn compute_unstored(self, pilot: Option<Pilot>) -> O {
+        let started = Instant::now();
+        let outcome = (self.compute)().await;
+        self.probe.computed(started.elapsed());
+        if let Some(pilot) = pilot {
+            let value = if pilot.has_followers() {
+                outcome.cacheable(self.policy).and_then(|value| {
+                    entry::encode_as(
+                        value,
+                        self.policy.ttl().max(Duration::from_millis(1)),
+                        self.shared.codec.format(),
+                    )
+                    .ok()
+                    .map(Bytes::from)
+                })
+            } else {
+                None
+            };
+            pilot.land(Landing::Computed { value, started });
+        }
+        outcome
+    }
+
+    /// Counts the first wait of the call.
+    fn note_wait(&mut self) {
+        if !std::mem::replace(&mut self.waited, true) {
+            self.probe.record(Event::LockWait);
+        }
+    }
+
+    /// A value another caller of this process computed and handed over.
+    fn decode_shared(&self, bytes: &Bytes) -> Option<O::Value> {
+        entry::decode::<O::Value>(bytes).ok().map(|entry| entry.value)
+    }
+}
+
+/// Holding the lease, reads the entry once more: if a fresh value arrived
+/// meanwhile, the race between a miss and another caller's store does not run
+/// the computation twice. (A free function: a call's state holds the
+/// computation, which need not be `Sync`, so no borrow of it crosses an `await`.)
+async fn fresh_in_store<T: DeserializeOwned>(shared: &Shared, entry: &str) -> Option<T> {
+    let bytes = shared.store.get(entry).await.ok().flatten()?;
+    let entry = entry::decode::<T>(&bytes).ok().filter(Entry::is_fresh)?;
+    Some(entry.value)
+}
+
+/// `start + wait`, or a date far enough away when that does not fit in an
+/// `Instant` (`Policy::wait(Duration::MAX)`).
+fn after(start: Instant, wait: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    start
+        .checked_add(wait.min(CENTURY))
+        .or_else(|| start.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_that_does_not_fit_in_an_instant_is_far_away() {
+        let now = Instant::now();
+        assert!(after(now, Duration::MAX) > now + Duration::from_secs(365 * 86_400));
+        assert_eq!(after(now, Duration::from_secs(10)), now + Duration::from_secs(10));
+    }
+}

@@ -41,6 +41,7 @@ on_backends!(
 
 on_backends!(
     [redis]
+    a_dead_holder_is_replaced_with_the_default_settings,
     a_dead_holders_lease_expires_and_a_waiter_takes_over,
     a_waiter_gives_up_on_a_holder_that_never_finishes,
     a_miss_racing_the_store_does_not_compute_again,
@@ -736,13 +737,12 @@ async fn a_waiter_in_the_holders_process_gives_up_after_wait(fx: Fixture) {
     );
 }
 
-/// With a holder in another process that never finishes, each of several waiters
-/// of one process gives up after `wait` and computes by itself: they all give up
-/// together, not one `wait` after another.
+/// With a holder in another process that never finishes, the waiters of one
+/// process give up after `wait` and share one computation of their own (not
+/// stored: they never had the lease), rather than each running it.
 ///
-/// Shown without timing: each waiter's fallback computation waits (up to 5 s)
-/// until all of them are running at once, which happens only if they all gave up
-/// after the same `wait`.
+/// Shown without timing: they all get the value of one computation, which waits
+/// (up to 5 s) for every waiter to have given up before it returns.
 async fn every_waiter_of_a_process_gives_up_after_wait(fx: Fixture) {
     const KEY: &str = "stampede:many-waiters";
     const WAITERS: usize = 3;
@@ -766,23 +766,26 @@ async fn every_waiter_of_a_process_gives_up_after_wait(fx: Fixture) {
     let policy = Policy::new(Duration::from_secs(60))
         .wait(Duration::from_secs(1))
         .function("stampede:many-waiters");
-    let running = Arc::new(AtomicUsize::new(0));
+    let runs = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let waiters: Vec<_> = (0..WAITERS)
         .map(|_| {
-            let (cache, policy, running) = (cache.clone(), policy.clone(), Arc::clone(&running));
+            let (cache, policy, runs) = (cache.clone(), policy.clone(), Arc::clone(&runs));
             tokio::spawn(async move {
-                let Plain(all_together) = cache
+                let probe = cache.clone();
+                let Plain(run) = cache
                     .get_or_compute(KEY, &policy, || async move {
-                        running.fetch_add(1, Ordering::SeqCst);
+                        let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
                         let deadline = Instant::now() + Duration::from_secs(5);
-                        while running.load(Ordering::SeqCst) < WAITERS && Instant::now() < deadline {
+                        while probe.stats().function("stampede:many-waiters").lock_timeouts < WAITERS as u64
+                            && Instant::now() < deadline
+                        {
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
-                        Plain(running.load(Ordering::SeqCst) >= WAITERS)
+                        Plain(run)
                     })
                     .await;
-                (all_together, started.elapsed())
+                (run, started.elapsed())
             })
         })
         .collect();
@@ -793,12 +796,19 @@ async fn every_waiter_of_a_process_gives_up_after_wait(fx: Fixture) {
     holder.abort();
     let stats = cache.stats().function("stampede:many-waiters");
     println!("give-up ({WAITERS} waiters of one process): {results:?}; {stats:?}");
-    assert_eq!(stats.lock_timeouts, WAITERS as u64, "{stats:?}");
+    assert_eq!(stats.lock_timeouts, WAITERS as u64, "every waiter gave up: {stats:?}");
+    assert_eq!(
+        (stats.computations, runs.load(Ordering::SeqCst)),
+        (1, 1),
+        "the waiters that gave up shared one computation: {stats:?}"
+    );
     assert!(
-        results.iter().all(|(together, _)| *together),
-        "the waiters did not all give up after the same `wait`: each one's fallback ran alone \
-         (returned after {:?})",
-        results.iter().map(|(_, t)| *t).collect::<Vec<_>>()
+        results.iter().all(|(run, _)| *run == 1),
+        "every waiter got that computation's value: {results:?}"
+    );
+    assert!(
+        !cache.exists(KEY).await.unwrap(),
+        "computed without the lease: not stored"
     );
 }
 
@@ -998,4 +1008,68 @@ async fn a_miss_racing_the_store_does_not_compute_again(fx: Fixture) {
          freed and computed again, without re-reading the entry"
     );
     assert_eq!(second, "a");
+}
+
+/// A process holding the lease is SIGKILLed; with the default `lock_ttl` and
+/// `wait`, its lease expires before the waiters of another process give up,
+/// and exactly one of them takes over and stores; the others get its value.
+async fn a_dead_holder_is_replaced_with_the_default_settings(fx: Fixture) {
+    const KEY: &str = "stampede:default-takeover";
+    const WAITERS: usize = 5;
+    let defaults = Policy::new(Duration::from_secs(60));
+    let (url, _) = urls(&fx);
+    let mut conn = bookkeeping(&url).await;
+    let mut children = Children::default();
+    spawn_holder(&mut children, &url, KEY, defaults.lock_lease(), 3_600);
+    until_runs(&mut conn, 1).await;
+
+    let cache = fx.cache().await;
+    let policy = defaults.function("stampede:default-takeover");
+    let waiters: Vec<_> = (0..WAITERS)
+        .map(|_| {
+            let (cache, policy, url) = (cache.clone(), policy.clone(), url.clone());
+            tokio::spawn(async move {
+                let Plain(value) = cache
+                    .get_or_compute(KEY, &policy, || async move {
+                        incr(&mut bookkeeping(&url).await, RUNS_KEY).await;
+                        Plain(String::from("parent"))
+                    })
+                    .await;
+                (value, Instant::now())
+            })
+        })
+        .collect();
+    until("the waiters wait for the child's lease", || {
+        cache.stats().function("stampede:default-takeover").lock_waits == WAITERS as u64
+    })
+    .await;
+    let killed = Instant::now();
+    children.kill(0);
+    let mut served = Vec::new();
+    for waiter in waiters {
+        served.push(
+            tokio::time::timeout(STUCK, waiter)
+                .await
+                .expect("served")
+                .expect("waiter task"),
+        );
+    }
+    assert!(served.iter().all(|(value, _)| value == "parent"), "{served:?}");
+    assert_eq!(
+        read_counter(&mut conn, RUNS_KEY).await,
+        2,
+        "the dead child's computation and one takeover"
+    );
+    let stats = cache.stats().function("stampede:default-takeover");
+    assert_eq!(stats.computations, 1, "{stats:?}");
+    assert_eq!(
+        stats.lock_timeouts, 0,
+        "the lease expired before anyone gave up: {stats:?}"
+    );
+    let Plain(again) = cache
+        .get_or_compute(KEY, &policy, || async { Plain(String::from("again")) })
+        .await;
+    assert_eq!(again, "parent", "the takeover stored");
+    let slowest = served.iter().map(|(_, at)| *at - killed).max().unwrap_or_default();
+    println!("default takeover: {WAITERS} waiters served {slowest:?} after the holder was killed (lock_ttl 3 s)");
 }

@@ -218,6 +218,51 @@ fn prometheus_text_has_hit_and_miss_counters() {
     assert!(text.contains("aside_cache_breaker_state 0"), "{text}");
 }
 
+#[test]
+fn every_metric_has_its_help_text_and_the_histogram_its_unit() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let cache = memory().await;
+            let policy = Policy::default().function("reports:described").tags(["described"]);
+            for _ in 0..2 {
+                let Plain(_) = cache.get_or_compute("described", &policy, || async { Plain(1) }).await;
+            }
+            assert_eq!(cache.invalidate_tag("described").await.unwrap(), 1);
+            // Describes every metric on this recorder (the first event describes them
+            // once per process, on whichever recorder is current).
+            aside::metrics::sample(&cache);
+        });
+    });
+    let described: HashMap<String, (Option<metrics::Unit>, String)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, unit, description, _)| {
+            let name = key.key().name().to_owned();
+            (name, (unit, description.map(|d| d.to_string()).unwrap_or_default()))
+        })
+        .collect();
+    for name in [
+        names::HITS,
+        names::MISSES,
+        names::COMPUTATIONS,
+        names::COMPUTATION_SECONDS,
+        names::INVALIDATIONS,
+        names::BREAKER_STATE,
+    ] {
+        let (_, help) = &described[name];
+        assert!(!help.is_empty(), "{name} has no help text");
+    }
+    assert_eq!(described[names::HITS].1, "Calls answered from the cache.");
+    assert_eq!(described[names::COMPUTATION_SECONDS].0, Some(metrics::Unit::Seconds));
+}
+
 /// A `MakeWriter` collecting what the subscriber prints.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);

@@ -60,3 +60,11 @@ pub use key::Key;
 pub use outcome::{Outcome, Plain};
 pub use policy::Policy;
 pub use stats::{Counters, Stats};
+
+/// Where every cache's counters go besides its own cells: the `metrics` exporter
+/// with that feature, nowhere without. The one place that joins `stats` (which
+/// owns the [`stats::Sink`] interface) to the exporter implementing it.
+#[cfg(feature = "metrics")]
+const STATS_SINK: Option<&'static dyn stats::Sink> = Some(&metrics::Exporter);
+#[cfg(not(feature = "metrics"))]
+const STATS_SINK: Option<&'static dyn stats::Sink> = None;

@@ -8,20 +8,7 @@
 //! the `tower` feature, `session` for the session store of the `sessions` feature).
 //! Calls whose policy names no function are labelled `function="unnamed"`.
 //!
-//! | metric | kind | labels | counts |
-//! | --- | --- | --- | --- |
-//! | `aside_cache_hits_total` | counter | `function` | calls answered from the cache |
-//! | `aside_cache_misses_total` | counter | `function` | calls that found no usable entry |
-//! | `aside_cache_stale_hits_total` | counter | `function` | calls answered with a stale value |
-//! | `aside_cache_computations_total` | counter | `function` | computations run |
-//! | `aside_cache_computation_seconds` | histogram | `function` | time of each computation |
-//! | `aside_cache_lock_waits_total` | counter | `function` | calls that waited for another's computation |
-//! | `aside_cache_lock_timeouts_total` | counter | `function` | waits that ran out (`wait`) |
-//! | `aside_cache_revoked_total` | counter | `function` | results refused by an invalidation |
-//! | `aside_cache_decode_errors_total` | counter | `function` | entries that did not decode |
-//! | `aside_cache_backend_errors_total` | counter | `function` | backend failures (the call computed) |
-//! | `aside_cache_oversized_total` | counter | `function` | values too large to store |
-//! | `aside_cache_invalidations_total` | counter | | entries removed by invalidations |
+#![doc = crate::stats::counter_table!(doc_table)]
 //! | `aside_cache_breaker_state` | gauge | | 0 closed, 1 open, 2 half-open ([`sample`]) |
 //! | `aside_cache_breaker_opened_total` | counter | | times the breaker opened ([`sample`]) |
 //! | `aside_cache_breaker_skips_total` | counter | | operations skipped while open ([`sample`]) |
@@ -55,37 +42,63 @@ use ::metrics::{SharedString, Unit};
 
 use crate::breaker::BreakerState;
 use crate::cache::Cache;
-use crate::stats::Event;
+use crate::stats::{counter_table, Event, Sink};
+
+/// The head and rows of the table of metrics in this module's docs, from
+/// [`counter_table!`]; the breaker's rows follow by hand.
+macro_rules! doc_table {
+    (
+        calls { $( $(#[doc = $call_note:literal])* $call:ident: $call_event:ident => $call_const:ident = $call_metric:literal, $call_help:literal; )* }
+        entries { $( $(#[doc = $entry_note:literal])* $entry:ident: $entry_event:ident => $entry_const:ident = $entry_metric:literal, $entry_help:literal; )* }
+        time { $( $(#[doc = $time_note:literal])* $time:ident => $time_const:ident = $time_metric:literal, $time_help:literal; )* }
+    ) => {
+        concat!(
+            "| metric | kind | labels | counts |\n",
+            "| --- | --- | --- | --- |\n",
+            $( "| `", $call_metric, "` | counter | `function` | ", $call_help, " |\n", )*
+            $( "| `", $time_metric, "` | histogram (seconds) | `function` | ", $time_help, " |\n", )*
+            $( "| `", $entry_metric, "` | counter | | ", $entry_help, " |\n", )*
+        )
+    };
+}
+pub(crate) use doc_table;
+
+/// The constant naming each metric, [`describe`] and [`metric`], from [`counter_table!`].
+macro_rules! metrics {
+    (
+        calls { $( $(#[doc = $call_note:literal])* $call:ident: $call_event:ident => $call_const:ident = $call_metric:literal, $call_help:literal; )* }
+        entries { $( $(#[doc = $entry_note:literal])* $entry:ident: $entry_event:ident => $entry_const:ident = $entry_metric:literal, $entry_help:literal; )* }
+        time { $( $(#[doc = $time_note:literal])* $time:ident => $time_const:ident = $time_metric:literal, $time_help:literal; )* }
+    ) => {
+        $( #[doc = $call_help] pub const $call_const: &str = $call_metric; )*
+        $( #[doc = $entry_help] pub const $entry_const: &str = $entry_metric; )*
+        $( #[doc = $time_help] #[doc = ""] #[doc = "A histogram, in seconds."] pub const $time_const: &str = $time_metric; )*
+
+        /// Registers the description and unit of every counter of the table.
+        fn describe_counters() {
+            $( ::metrics::describe_counter!($call_const, $call_help); )*
+            $( ::metrics::describe_counter!($entry_const, $entry_help); )*
+            $( ::metrics::describe_histogram!($time_const, Unit::Seconds, $time_help); )*
+        }
+
+        /// The metric an event of a call counts in, labelled with its function;
+        /// `None` for invalidations, exported by the entries they removed.
+        fn metric(event: Event) -> Option<&'static str> {
+            match event {
+                $( Event::$call_event => Some($call_const), )*
+                $( Event::$entry_event => None, )*
+            }
+        }
+    };
+}
+
+counter_table!(metrics);
 
 /// The label naming the function of a call.
 pub const FUNCTION_LABEL: &str = "function";
 /// The `function` label of calls whose policy names no function.
 pub const UNNAMED: &str = "unnamed";
 
-/// Calls answered from the cache.
-pub const HITS: &str = "aside_cache_hits_total";
-/// Calls that found no usable entry.
-pub const MISSES: &str = "aside_cache_misses_total";
-/// Calls answered with a stale value.
-pub const STALE_HITS: &str = "aside_cache_stale_hits_total";
-/// Computations run.
-pub const COMPUTATIONS: &str = "aside_cache_computations_total";
-/// The time of each computation, in seconds.
-pub const COMPUTATION_SECONDS: &str = "aside_cache_computation_seconds";
-/// Calls that waited for another caller's computation.
-pub const LOCK_WAITS: &str = "aside_cache_lock_waits_total";
-/// Waits that ran out.
-pub const LOCK_TIMEOUTS: &str = "aside_cache_lock_timeouts_total";
-/// Results not stored because an invalidation revoked their lease.
-pub const REVOKED: &str = "aside_cache_revoked_total";
-/// Entries that did not decode.
-pub const DECODE_ERRORS: &str = "aside_cache_decode_errors_total";
-/// Backend failures and timeouts.
-pub const BACKEND_ERRORS: &str = "aside_cache_backend_errors_total";
-/// Values not stored because of the size limit.
-pub const OVERSIZED: &str = "aside_cache_oversized_total";
-/// Entries removed by invalidations.
-pub const INVALIDATIONS: &str = "aside_cache_invalidations_total";
 /// The circuit breaker's state: 0 closed, 1 open, 2 half-open.
 pub const BREAKER_STATE: &str = "aside_cache_breaker_state";
 /// How many times the circuit breaker opened.
@@ -103,34 +116,8 @@ pub const BREAKER_SKIPS: &str = "aside_cache_breaker_skips_total";
 /// cache_runtime::metrics::describe(); // a no-op without a recorder
 /// ```
 pub fn describe() {
-    use ::metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(HITS, "Calls answered from the cache.");
-    describe_counter!(MISSES, "Calls that found no usable entry (they computed or waited).");
-    describe_counter!(STALE_HITS, "Calls answered with a stale value while it was refreshed.");
-    describe_counter!(COMPUTATIONS, "Computations run (misses, refreshes, fallbacks).");
-    describe_histogram!(COMPUTATION_SECONDS, Unit::Seconds, "Time of each computation.");
-    describe_counter!(LOCK_WAITS, "Calls that waited for another caller's computation.");
-    describe_counter!(
-        LOCK_TIMEOUTS,
-        "Waits that ran out; the caller computed without storing."
-    );
-    describe_counter!(
-        REVOKED,
-        "Computed values not stored because an invalidation revoked them."
-    );
-    describe_counter!(
-        DECODE_ERRORS,
-        "Entries that did not decode (corrupt, other format or type)."
-    );
-    describe_counter!(
-        BACKEND_ERRORS,
-        "Backend failures and timeouts; the call computed without the cache."
-    );
-    describe_counter!(OVERSIZED, "Values not stored because they exceeded the size limit.");
-    describe_counter!(
-        INVALIDATIONS,
-        "Entries removed by invalidations (key, tag and pattern)."
-    );
+    use ::metrics::{describe_counter, describe_gauge};
+    describe_counters();
     describe_gauge!(
         BREAKER_STATE,
         "Circuit breaker in front of Redis: 0 closed, 1 open, 2 half-open."
@@ -166,35 +153,25 @@ pub fn sample(cache: &Cache) {
     ::metrics::counter!(BREAKER_SKIPS).absolute(stats.breaker_skips);
 }
 
-/// Emits one counted event of a call of `function`.
-pub(crate) fn event(function: Option<&Arc<str>>, event: Event) {
-    let name = match event {
-        Event::Hit => HITS,
-        Event::Miss => MISSES,
-        Event::StaleHit => STALE_HITS,
-        Event::Computation => COMPUTATIONS,
-        Event::LockWait => LOCK_WAITS,
-        Event::LockTimeout => LOCK_TIMEOUTS,
-        Event::Revoked => REVOKED,
-        Event::DecodeError => DECODE_ERRORS,
-        Event::BackendError => BACKEND_ERRORS,
-        Event::Oversized => OVERSIZED,
-        // Counted by the entries it removed, in `invalidated`.
-        Event::Invalidation => return,
-    };
-    describe_once();
-    ::metrics::counter!(name, FUNCTION_LABEL => label(function)).increment(1);
-}
+/// The [`Sink`] every cache's counters feed with this feature (see `STATS_SINK`
+/// in the crate root): emits each to the installed `metrics` recorder.
+pub(crate) struct Exporter;
 
-/// Emits the time of one computation of `function`.
-pub(crate) fn computed(function: Option<&Arc<str>>, took: Duration) {
-    ::metrics::histogram!(COMPUTATION_SECONDS, FUNCTION_LABEL => label(function)).record(took.as_secs_f64());
-}
+impl Sink for Exporter {
+    fn event(&self, function: Option<&Arc<str>>, event: Event) {
+        let Some(name) = metric(event) else { return };
+        describe_once();
+        ::metrics::counter!(name, FUNCTION_LABEL => label(function)).increment(1);
+    }
 
-/// Emits `removed` entries removed by an invalidation.
-pub(crate) fn invalidated(removed: u64) {
-    describe_once();
-    ::metrics::counter!(INVALIDATIONS).increment(removed);
+    fn computed(&self, function: Option<&Arc<str>>, took: Duration) {
+        ::metrics::histogram!(COMPUTATION_SECONDS, FUNCTION_LABEL => label(function)).record(took.as_secs_f64());
+    }
+
+    fn invalidated(&self, removed: u64) {
+        describe_once();
+        ::metrics::counter!(INVALIDATIONS).increment(removed);
+    }
 }
 
 fn label(function: Option<&Arc<str>>) -> SharedString {

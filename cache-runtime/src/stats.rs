@@ -1,44 +1,161 @@
 //! Counters: what the cache did, in total and per function.
+//!
+//! Each counter is named once, in [`counter_table!`]; the [`Counters`] fields, the
+//! atomic cells, the [`Event`]s and (in the exporter) the metric names and their
+//! descriptions are generated from it. Besides its own cells, a [`Recorder`] feeds
+//! a [`Sink`] that someone else implements — the `metrics` exporter — so this file
+//! knows nothing of who listens.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::breaker::BreakerState;
 
-/// A snapshot of counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Counters {
-    /// Calls answered from the cache.
-    pub hits: u64,
-    /// Calls that found no usable entry: they computed, or waited for another
-    /// caller's computation (see `lock_waits`).
-    pub misses: u64,
-    /// Calls answered with a stale value while it was refreshed.
-    pub stale_hits: u64,
-    /// Computations run (misses, refreshes, fallbacks).
-    pub computations: u64,
-    /// Calls that waited for another caller's computation.
-    pub lock_waits: u64,
-    /// Waits that ran out (`wait`), after which the caller computed without storing.
-    pub lock_timeouts: u64,
-    /// Computed values not stored because an invalidation revoked their lease.
-    pub revoked: u64,
-    /// Entries that did not decode (corrupt, other format, other type).
-    pub decode_errors: u64,
-    /// Backend failures and timeouts (the call fell back to computing).
-    pub backend_errors: u64,
-    /// Entries removed by invalidation. Per function, only key invalidations
-    /// (`<fn>_invalidate`) are attributed; tag and pattern invalidations count in
-    /// the total.
-    pub invalidations: u64,
-    /// Values not stored because they exceeded the size limit.
-    pub oversized: u64,
-    /// Time spent in computations, in nanoseconds (see [`Counters::mean_computation`]).
-    pub computation_nanos: u64,
+/// The counters, each named once: its [`Counters`] field, its [`Event`], its
+/// metric (the constant of `aside::metrics` and the name exported) and its help
+/// text, which documents the field and describes the metric. `///` lines before a
+/// row add notes to the field only.
+///
+/// `counter_table!(callback)` hands the table to `callback!`, which generates what
+/// it needs: this file the fields, cells and events (`counters!`), the `metrics`
+/// exporter its constants, descriptions and doc table. The sections:
+///
+/// - `calls`: one event of one call, counted in the total and for the call's
+///   function, exported labelled with the function;
+/// - `entries`: entries removed by invalidations, counted in the total by how many
+///   went ([`Recorder::invalidated`]) and for a function by its key invalidations,
+///   exported as an unlabelled total;
+/// - `time`: the time of computations, summed in nanoseconds, exported as a
+///   histogram in seconds.
+macro_rules! counter_table {
+    ($callback:ident) => {
+        $callback! {
+            calls {
+                hits: Hit => HITS = "aside_cache_hits_total",
+                    "Calls answered from the cache.";
+                /// They computed, or waited for another caller's computation (see `lock_waits`).
+                misses: Miss => MISSES = "aside_cache_misses_total",
+                    "Calls that found no usable entry.";
+                stale_hits: StaleHit => STALE_HITS = "aside_cache_stale_hits_total",
+                    "Calls answered with a stale value while it was refreshed.";
+                computations: Computation => COMPUTATIONS = "aside_cache_computations_total",
+                    "Computations run (misses, refreshes, fallbacks).";
+                lock_waits: LockWait => LOCK_WAITS = "aside_cache_lock_waits_total",
+                    "Calls that waited for another caller's computation.";
+                lock_timeouts: LockTimeout => LOCK_TIMEOUTS = "aside_cache_lock_timeouts_total",
+                    "Waits that ran out (`wait`); the caller computed without storing.";
+                revoked: Revoked => REVOKED = "aside_cache_revoked_total",
+                    "Computed values not stored because an invalidation revoked their lease.";
+                decode_errors: DecodeError => DECODE_ERRORS = "aside_cache_decode_errors_total",
+                    "Entries that did not decode (corrupt, other format, other type).";
+                backend_errors: BackendError => BACKEND_ERRORS = "aside_cache_backend_errors_total",
+                    "Backend failures and timeouts; the call computed without the cache.";
+                oversized: Oversized => OVERSIZED = "aside_cache_oversized_total",
+                    "Values not stored because they exceeded the size limit.";
+            }
+            entries {
+                /// Per function, only key invalidations (`<fn>_invalidate`) are attributed; tag and
+                /// pattern invalidations count in the total.
+                invalidations: Invalidation => INVALIDATIONS = "aside_cache_invalidations_total",
+                    "Entries removed by invalidations (key, tag and pattern).";
+            }
+            time {
+                /// In nanoseconds; see [`Counters::mean_computation`]. The metric is a histogram of
+                /// each computation, in seconds.
+                computation_nanos => COMPUTATION_SECONDS = "aside_cache_computation_seconds",
+                    "Time spent in computations.";
+            }
+        }
+    };
 }
+// Without the `metrics` feature this file is the table's only reader.
+#[cfg_attr(not(feature = "metrics"), allow(unused_imports))]
+pub(crate) use counter_table;
+
+/// Generates [`Counters`], `Cells` and [`Event`] from [`counter_table!`].
+macro_rules! counters {
+    (
+        calls { $( $(#[doc = $call_note:literal])* $call:ident: $call_event:ident => $call_const:ident = $call_metric:literal, $call_help:literal; )* }
+        entries { $( $(#[doc = $entry_note:literal])* $entry:ident: $entry_event:ident => $entry_const:ident = $entry_metric:literal, $entry_help:literal; )* }
+        time { $( $(#[doc = $time_note:literal])* $time:ident => $time_const:ident = $time_metric:literal, $time_help:literal; )* }
+    ) => {
+        /// A snapshot of counters.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct Counters {
+            $( #[doc = $call_help] $(#[doc = ""] #[doc = $call_note])* pub $call: u64, )*
+            $( #[doc = $entry_help] $(#[doc = ""] #[doc = $entry_note])* pub $entry: u64, )*
+            $( #[doc = $time_help] $(#[doc = ""] #[doc = $time_note])* pub $time: u64, )*
+        }
+
+        /// The live counters of the total or of one function.
+        #[derive(Debug, Default)]
+        struct Cells {
+            /// The function's name (`None` for the total), given to the [`Sink`].
+            name: Option<Arc<str>>,
+            $( $call: AtomicU64, )*
+            $( $entry: AtomicU64, )*
+            $( $time: AtomicU64, )*
+        }
+
+        impl Cells {
+            fn snapshot(&self) -> Counters {
+                Counters {
+                    $( $call: self.$call.load(Relaxed), )*
+                    $( $entry: self.$entry.load(Relaxed), )*
+                    $( $time: self.$time.load(Relaxed), )*
+                }
+            }
+
+            fn cell(&self, event: Event) -> &AtomicU64 {
+                match event {
+                    $( Event::$call_event => &self.$call, )*
+                    $( Event::$entry_event => &self.$entry, )*
+                }
+            }
+        }
+
+        /// What can be counted.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub(crate) enum Event {
+            $( #[doc = $call_help] $call_event, )*
+            $( #[doc = $entry_help] #[doc = ""]
+               #[doc = "Counted per function only: the total comes from [`Recorder::invalidated`]."]
+               $entry_event, )*
+        }
+
+        #[cfg(test)]
+        impl Counters {
+            /// Every field by name, in declaration order.
+            fn named(&self) -> Vec<(&'static str, u64)> {
+                vec![
+                    $( (stringify!($call), self.$call), )*
+                    $( (stringify!($entry), self.$entry), )*
+                    $( (stringify!($time), self.$time), )*
+                ]
+            }
+        }
+
+        impl Event {
+            /// Every event, in declaration order.
+            pub(crate) const ALL: &[Event] = &[$( Event::$call_event, )* $( Event::$entry_event, )*];
+
+            /// Whether the event is one of a call (counted in the total as it
+            /// happens), not entries removed (counted by how many went).
+            pub(crate) fn of_call(self) -> bool {
+                matches!(self, $( Event::$call_event )|*)
+            }
+        }
+    };
+}
+
+counter_table!(counters);
+
+// One bit per event in `Probe::seen`.
+const _: () = assert!(Event::ALL.len() <= u16::BITS as usize);
 
 impl Counters {
     /// The time spent in computations, in total.
@@ -92,74 +209,59 @@ impl Stats {
     }
 }
 
-#[derive(Debug, Default)]
-struct Cells {
-    /// The function's name (`None` for the total), the label of its metrics.
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    name: Option<Arc<str>>,
-    hits: AtomicU64,
-    misses: AtomicU64,
-    stale_hits: AtomicU64,
-    computations: AtomicU64,
-    lock_waits: AtomicU64,
-    lock_timeouts: AtomicU64,
-    revoked: AtomicU64,
-    decode_errors: AtomicU64,
-    backend_errors: AtomicU64,
-    invalidations: AtomicU64,
-    oversized: AtomicU64,
-    computation_nanos: AtomicU64,
-}
-
-impl Cells {
-    fn snapshot(&self) -> Counters {
-        Counters {
-            hits: self.hits.load(Relaxed),
-            misses: self.misses.load(Relaxed),
-            stale_hits: self.stale_hits.load(Relaxed),
-            computations: self.computations.load(Relaxed),
-            lock_waits: self.lock_waits.load(Relaxed),
-            lock_timeouts: self.lock_timeouts.load(Relaxed),
-            revoked: self.revoked.load(Relaxed),
-            decode_errors: self.decode_errors.load(Relaxed),
-            backend_errors: self.backend_errors.load(Relaxed),
-            invalidations: self.invalidations.load(Relaxed),
-            oversized: self.oversized.load(Relaxed),
-            computation_nanos: self.computation_nanos.load(Relaxed),
-        }
-    }
-}
-
-/// What can be counted.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Event {
-    Hit,
-    Miss,
-    StaleHit,
-    Computation,
-    LockWait,
-    LockTimeout,
-    Revoked,
-    /// Counted per function only: the total comes from [`Recorder::invalidated`].
-    Invalidation,
-    DecodeError,
-    BackendError,
-    Oversized,
+/// Who else hears of what a [`Recorder`] counts, as it is counted: the interface
+/// this module owns and an exporter (the `metrics` feature's) implements.
+///
+/// `function` is the policy's function name, `None` for calls that name none.
+pub(crate) trait Sink: Send + Sync {
+    /// One event of a call ([`Event::of_call`]) or one key invalidation of `function`.
+    fn event(&self, function: Option<&Arc<str>>, event: Event);
+    /// One computation of `function` took `took`.
+    fn computed(&self, function: Option<&Arc<str>>, took: Duration);
+    /// An invalidation removed `removed` entries.
+    fn invalidated(&self, removed: u64);
 }
 
 /// The live counters of one cache.
-#[derive(Debug, Default)]
 pub(crate) struct Recorder {
     total: Cells,
     functions: RwLock<HashMap<String, Arc<Cells>>>,
+    sink: Option<&'static dyn Sink>,
+}
+
+impl fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Recorder")
+            .field("total", &self.total)
+            .field("functions", &self.functions)
+            .field("sink", &self.sink.is_some())
+            .finish()
+    }
+}
+
+impl Default for Recorder {
+    /// Counters feeding the crate's sink, [`crate::STATS_SINK`].
+    fn default() -> Self {
+        Recorder::new(crate::STATS_SINK)
+    }
 }
 
 impl Recorder {
+    /// Counters that also tell `sink`, if any, what they count.
+    pub(crate) fn new(sink: Option<&'static dyn Sink>) -> Self {
+        Recorder {
+            total: Cells::default(),
+            functions: RwLock::default(),
+            sink,
+        }
+    }
+
     /// Counters for one call of `function` (or of no function).
     pub(crate) fn probe(&self, function: Option<&str>) -> Probe<'_> {
         Probe {
             total: &self.total,
             function: function.map(|name| self.cells(name)),
+            sink: self.sink,
             seen: AtomicU16::new(0),
         }
     }
@@ -180,8 +282,9 @@ impl Recorder {
     /// Adds `removed` invalidated entries.
     pub(crate) fn invalidated(&self, removed: u64) {
         self.total.invalidations.fetch_add(removed, Relaxed);
-        #[cfg(feature = "metrics")]
-        crate::metrics::invalidated(removed);
+        if let Some(sink) = self.sink {
+            sink.invalidated(removed);
+        }
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
@@ -201,6 +304,7 @@ impl Recorder {
 pub(crate) struct Probe<'a> {
     total: &'a Cells,
     function: Option<Arc<Cells>>,
+    sink: Option<&'static dyn Sink>,
     /// The events recorded so far, one bit each: what the call's span reports.
     seen: AtomicU16,
 }
@@ -208,14 +312,15 @@ pub(crate) struct Probe<'a> {
 impl Probe<'_> {
     pub(crate) fn record(&self, event: Event) {
         self.seen.fetch_or(1 << event as u16, Relaxed);
-        if !matches!(event, Event::Invalidation) {
-            bump(self.total, event);
+        if event.of_call() {
+            self.total.cell(event).fetch_add(1, Relaxed);
         }
         if let Some(cells) = &self.function {
-            bump(cells, event);
+            cells.cell(event).fetch_add(1, Relaxed);
         }
-        #[cfg(feature = "metrics")]
-        crate::metrics::event(self.function.as_ref().and_then(|cells| cells.name.as_ref()), event);
+        if let Some(sink) = self.sink {
+            sink.event(self.function_name(), event);
+        }
     }
 
     /// Records one computation that took `took`.
@@ -226,8 +331,13 @@ impl Probe<'_> {
         if let Some(cells) = &self.function {
             cells.computation_nanos.fetch_add(nanos, Relaxed);
         }
-        #[cfg(feature = "metrics")]
-        crate::metrics::computed(self.function.as_ref().and_then(|cells| cells.name.as_ref()), took);
+        if let Some(sink) = self.sink {
+            sink.computed(self.function_name(), took);
+        }
+    }
+
+    fn function_name(&self) -> Option<&Arc<str>> {
+        self.function.as_ref().and_then(|cells| cells.name.as_ref())
     }
 
     /// How the call went, from the events recorded so far: `hit`, `stale`,
@@ -252,19 +362,78 @@ impl Probe<'_> {
     }
 }
 
-fn bump(cells: &Cells, event: Event) {
-    let counter = match event {
-        Event::Hit => &cells.hits,
-        Event::Miss => &cells.misses,
-        Event::StaleHit => &cells.stale_hits,
-        Event::Computation => &cells.computations,
-        Event::LockWait => &cells.lock_waits,
-        Event::LockTimeout => &cells.lock_timeouts,
-        Event::Revoked => &cells.revoked,
-        Event::Invalidation => &cells.invalidations,
-        Event::DecodeError => &cells.decode_errors,
-        Event::BackendError => &cells.backend_errors,
-        Event::Oversized => &cells.oversized,
-    };
-    counter.fetch_add(1, Relaxed);
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// The fields of `counters` that are not zero.
+    fn counted(counters: &Counters) -> Vec<(&'static str, u64)> {
+        counters.named().into_iter().filter(|(_, n)| *n != 0).collect()
+    }
+
+    #[test]
+    fn each_event_counts_in_its_own_field() {
+        let mut fields = Vec::new();
+        for &event in Event::ALL {
+            let recorder = Recorder::new(None);
+            recorder.probe(Some("demo:f")).record(event);
+            let stats = recorder.snapshot();
+            let function = counted(&stats.function("demo:f"));
+            assert_eq!(function.len(), 1, "{event:?} counts in one field: {function:?}");
+            assert_eq!(function[0].1, 1);
+            let total = counted(&stats.total);
+            assert_eq!(
+                total,
+                if event.of_call() { function.clone() } else { Vec::new() },
+                "{event:?}"
+            );
+            fields.push(function[0].0);
+        }
+        fields.sort_unstable();
+        fields.dedup();
+        assert_eq!(fields.len(), Event::ALL.len(), "no two events share a field");
+    }
+
+    #[test]
+    fn invalidated_entries_count_in_the_total() {
+        let recorder = Recorder::new(None);
+        recorder.invalidated(3);
+        assert_eq!(counted(&recorder.snapshot().total), [("invalidations", 3)]);
+    }
+
+    /// A sink remembering what it heard.
+    #[derive(Default)]
+    struct Heard(Mutex<Vec<String>>);
+
+    impl Sink for Heard {
+        fn event(&self, function: Option<&Arc<str>>, event: Event) {
+            let mut heard = self.0.lock().unwrap();
+            heard.push(format!("{event:?} {}", function.map_or("-", |f| &**f)));
+        }
+
+        fn computed(&self, function: Option<&Arc<str>>, _: Duration) {
+            let mut heard = self.0.lock().unwrap();
+            heard.push(format!("computed {}", function.map_or("-", |f| &**f)));
+        }
+
+        fn invalidated(&self, removed: u64) {
+            self.0.lock().unwrap().push(format!("invalidated {removed}"));
+        }
+    }
+
+    #[test]
+    fn the_sink_hears_every_count_with_its_function() {
+        let heard: &'static Heard = Box::leak(Box::default());
+        let recorder = Recorder::new(Some(heard));
+        recorder.probe(Some("demo:f")).record(Event::Hit);
+        recorder.probe(None).computed(Duration::from_millis(1));
+        recorder.invalidated(2);
+        assert_eq!(
+            *heard.0.lock().unwrap(),
+            ["Hit demo:f", "Computation -", "computed -", "invalidated 2"]
+        );
+        assert_eq!(recorder.snapshot().total.computations, 1);
+    }
 }

@@ -239,13 +239,6 @@ impl fmt::Debug for Recorder {
     }
 }
 
-impl Default for Recorder {
-    /// Counters feeding the crate's sink, [`crate::STATS_SINK`].
-    fn default() -> Self {
-        Recorder::new(crate::STATS_SINK)
-    }
-}
-
 impl Recorder {
     /// Counters that also tell `sink`, if any, what they count.
     pub(crate) fn new(sink: Option<&'static dyn Sink>) -> Self {

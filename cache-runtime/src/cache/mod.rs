@@ -124,7 +124,7 @@ impl Cache {
         Cache {
             inner: Arc::new(Inner {
                 shared: Shared::new(settings, store, waiters),
-                stats: Recorder::default(),
+                stats: Recorder::new(crate::STATS_SINK),
                 events: broadcast::channel(1024).0,
             }),
         }

@@ -437,3 +437,78 @@ async fn cluster_urls_hide_their_password_in_errors_and_logs() {
     assert_hidden(&text, &[SECRET], "the logs");
     assert!(text.contains(":***@127.0.0.1"), "{text}");
 }
+
+/// Redis 7 gives a new ACL user no channel rights (`acl-pubsub-default
+/// resetchannels`): `ACL SETUSER app on >pw ~* +@all` may not `PUBLISH`. Stores
+/// still succeed (no backend error), concurrent callers still share one
+/// computation, and one warning names the missing permission.
+#[tokio::test]
+async fn a_least_privilege_acl_user_without_channel_rights_caches() {
+    let (logs, _guard) = Logs::capture();
+    let server = RedisServer::start_with(ServerOptions::new().acl_user("app", "app-pw", "+@all ~*"));
+    let cache = Cache::builder()
+        .redis_url(&server.url_for_user("app", "app-pw"))
+        .build()
+        .await
+        .expect("connect");
+    let doubler = Doubler::new(cache.clone());
+    for n in 0..3 {
+        doubler.caches(&server, n).await;
+    }
+    let runs = Arc::new(AtomicU64::new(0));
+    let policy = Policy::default();
+    let calls = (0..10).map(|_| {
+        let (cache, policy, runs) = (cache.clone(), policy.clone(), Arc::clone(&runs));
+        async move {
+            let Plain(value) = cache
+                .get_or_compute("shared", &policy, || async {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Plain(7)
+                })
+                .await;
+            value
+        }
+    });
+    assert_eq!(futures_util::future::join_all(calls).await, vec![7; 10]);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.stats().total.backend_errors, 0, "{:?}", cache.stats());
+    let text = logs.text();
+    assert!(
+        text.contains("&aside~stored"),
+        "the warning names the channel to grant: {text}"
+    );
+}
+
+/// Keys can hold secrets (a session id, a token as an argument): no log line,
+/// at any level, and no span carries one — not a decode failure's warning,
+/// not a call's debug span.
+#[tokio::test]
+async fn keys_never_appear_in_logs() {
+    const SECRET: &str = "tok-5ecr3t-e1f0";
+    let (logs, _guard) = Logs::capture();
+    let server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis_url(&server.url())
+        .build()
+        .await
+        .expect("connect");
+    let key = format!("token:{SECRET}");
+    cache
+        .set_json(key.as_str(), &"not a number", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let Plain(n) = cache
+        .get_or_compute(key.as_str(), &Policy::default(), || async { Plain(5u64) })
+        .await;
+    assert_eq!(n, 5);
+    assert_eq!(cache.stats().total.decode_errors, 1);
+    let Plain(again) = cache
+        .get_or_compute(key.as_str(), &Policy::default(), || async { Plain(0u64) })
+        .await;
+    assert_eq!(again, 5);
+    assert!(cache.invalidate_key(key.as_str()).await.unwrap());
+    let text = logs.text();
+    assert!(text.contains("does not decode"), "the decode failure is logged: {text}");
+    assert_hidden(&text, &[SECRET], "the logs");
+}

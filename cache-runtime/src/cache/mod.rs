@@ -561,7 +561,13 @@ impl Cache {
 
     fn announce(&self, kind: InvalidationKind, target: String, removed: u64) {
         self.inner.stats.invalidated(removed);
-        tracing::debug!(target: "aside", kind = ?kind, target = %target, removed, "invalidated");
+        // A key can hold a secret; tags and patterns are the application's own words.
+        match kind {
+            InvalidationKind::Key => {
+                tracing::debug!(target: "aside", kind = ?kind, target = %Redacted(&target), removed, "invalidated")
+            }
+            _ => tracing::debug!(target: "aside", kind = ?kind, target = %target, removed, "invalidated"),
+        }
         let _ = self.inner.events.send(Invalidation { kind, target, removed });
     }
 }

@@ -749,7 +749,6 @@ async fn adversarial_history(fx: Fixture) {
     );
     let dir = LogDir::new(backend);
     let started = now_us();
-    let mut parent = Vec::new();
     if fx.is_memory() {
         let cache = fx.cache().await;
         let worker = Worker::new(
@@ -766,15 +765,17 @@ async fn adversarial_history(fx: Fixture) {
         );
         ran.await.expect("the memory run finished");
     } else {
-        run_processes(&fx, seed, &dir, &mut parent).await;
+        run_processes(&fx, seed, &dir).await;
     }
     let ended = now_us();
-    let mut records = dir.records();
-    records.extend(parent);
+    let records = dir.records();
     let report = check(&History::new(records, started, ended, Policy::default().wait_limit()));
     println!("adversarial ({backend}): {}", report.summary(seed));
     if report.violations.is_empty() {
-        let _ = std::fs::remove_dir_all(&dir.0);
+        // `ASIDE_ADV_KEEP_LOGS=1` keeps the history of a passing run too.
+        if std::env::var_os("ASIDE_ADV_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&dir.0);
+        }
         return;
     }
     panic!(
@@ -787,8 +788,9 @@ async fn adversarial_history(fx: Fixture) {
 }
 
 /// Runs the child processes with kills and freezes until [`RUN`] is over, and
-/// waits for them; appends the parent's own records to `parent`.
-async fn run_processes(fx: &Fixture, seed: u64, dir: &LogDir, parent: &mut Vec<Record>) {
+/// waits for them; the parent's kills and freezes go to `parent.jsonl`.
+async fn run_processes(fx: &Fixture, seed: u64, dir: &LogDir) {
+    let parent = Log::create(&dir.0.join("parent.jsonl"));
     let bookkeeping = RedisServer::start();
     let mut book = bookkeeping.connection();
     let url = match &fx.server {
@@ -851,7 +853,7 @@ async fn run_processes(fx: &Fixture, seed: u64, dir: &LogDir, parent: &mut Vec<R
             let (index, proc) = alive.swap_remove(victim);
             children.kill(index);
             killed.push(index);
-            parent.push(Record::Killed { proc, at: now_us() });
+            parent.write(&Record::Killed { proc, at: now_us() });
             alive.push((spawn(&mut children, next_proc), next_proc));
             next_proc += 1;
         }
@@ -864,7 +866,7 @@ async fn run_processes(fx: &Fixture, seed: u64, dir: &LogDir, parent: &mut Vec<R
                 servers[node].freeze();
                 tokio::time::sleep(hold).await;
             }
-            parent.push(Record::Frozen {
+            parent.write(&Record::Frozen {
                 node,
                 start,
                 end: now_us(),

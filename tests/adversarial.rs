@@ -769,7 +769,14 @@ async fn adversarial_history(fx: Fixture) {
     }
     let ended = now_us();
     let records = dir.records();
-    let report = check(&History::new(records, started, ended, Policy::default().wait_limit()));
+    let nodes = key_nodes(&fx).await;
+    let report = check(&History::new(
+        records,
+        started,
+        ended,
+        Policy::default().wait_limit(),
+        nodes,
+    ));
     println!("adversarial ({backend}): {}", report.summary(seed));
     if report.violations.is_empty() {
         // `ASIDE_ADV_KEEP_LOGS=1` keeps the history of a passing run too.
@@ -785,6 +792,21 @@ async fn adversarial_history(fx: Fixture) {
         report.describe_violations(),
         reproduce(seed, backend)
     );
+}
+
+/// The cluster node holding each key (entry and lease share a slot); `None`
+/// on the other backends.
+async fn key_nodes(fx: &Fixture) -> Vec<Option<usize>> {
+    let Server::Cluster(cluster) = &fx.server else {
+        return vec![None; KEYS as usize];
+    };
+    let cache = fx.cache().await;
+    (0..KEYS)
+        .map(|key| {
+            let full = cache.full_key(key_name(key).as_str()).expect("full key");
+            Some(cluster.node_for_key(&full))
+        })
+        .collect()
 }
 
 /// Runs the child processes with kills and freezes until [`RUN`] is over, and
@@ -935,7 +957,10 @@ struct History {
     comps: HashMap<u64, Comp>,
     invals: Vec<Inval>,
     kills: Vec<(u64, u64)>,
-    freezes: Vec<(u64, u64)>,
+    /// (node, start, end).
+    freezes: Vec<(usize, u64, u64)>,
+    /// The node holding each key's entry and lease; `None` where every freeze stalls every key.
+    nodes: Vec<Option<usize>>,
     stats: Vec<Record>,
     started: u64,
     ended: u64,
@@ -943,13 +968,14 @@ struct History {
 }
 
 impl History {
-    fn new(records: Vec<Record>, started: u64, ended: u64, wait: Duration) -> History {
+    fn new(records: Vec<Record>, started: u64, ended: u64, wait: Duration, nodes: Vec<Option<usize>>) -> History {
         let mut history = History {
             calls: Vec::new(),
             comps: HashMap::new(),
             invals: Vec::new(),
             kills: Vec::new(),
             freezes: Vec::new(),
+            nodes,
             stats: Vec::new(),
             started,
             ended,
@@ -1029,7 +1055,7 @@ impl History {
                     ends.insert(inval, (end, ok, dropped));
                 }
                 Record::Killed { proc, at } => history.kills.push((proc, at)),
-                Record::Frozen { start, end, .. } => history.freezes.push((start, end)),
+                Record::Frozen { node, start, end } => history.freezes.push((node, start, end)),
                 stats @ Record::Stats { .. } => history.stats.push(stats),
             }
         }
@@ -1441,7 +1467,7 @@ fn check_one_computation_per_cold_period(history: &History, report: &mut Report)
             if history
                 .freezes
                 .iter()
-                .any(|(start, end)| overlaps(*start, end + us(RECOVERY)))
+                .any(|(_, start, end)| overlaps(*start, end + us(RECOVERY)))
             {
                 excuses.push("frozen redis");
             }
@@ -1534,7 +1560,8 @@ impl History {
     /// replaced as guarantee 6 says: a cancelled one at once (each handover costs
     /// at most one more computation), a killed one within [`TAKEOVER`] of its
     /// death (when a kill came shortly before or during the call), and a frozen
-    /// Redis for as long as it was frozen, plus [`RECOVERY`].
+    /// Redis (the node of the call's key, in a cluster) for as long as it was
+    /// frozen, plus [`RECOVERY`].
     fn replaced_within(&self, call: &Call) -> Duration {
         let mut bound = COMPUTE_MAX * HANDOVERS + SLACK;
         if self
@@ -1544,8 +1571,9 @@ impl History {
         {
             bound += TAKEOVER.min(self.wait);
         }
-        for (start, end) in &self.freezes {
-            if *start <= call.end && end + us(RECOVERY) >= call.start {
+        let node = self.nodes[call.key as usize];
+        for (frozen, start, end) in &self.freezes {
+            if node.is_none_or(|node| node == *frozen) && *start <= call.end && end + us(RECOVERY) >= call.start {
                 bound += Duration::from_micros(end - start) + RECOVERY;
             }
         }

@@ -45,15 +45,16 @@
 //!   so only periods with a `refresh` of the key, a frozen Redis (plus
 //!   [`RECOVERY`]), or a call that saw a backend error or skipped Redis (counters
 //!   of its process moved while it ran: fail-open computes by design) are
-//!   excluded, and counted as such.
+//!   excluded, and counted as such. The expiring keys are not counted: their
+//!   cold periods begin at an expiry the history does not see.
 //! - **Guarantee 6, nobody stuck.** Every call that returns does so within
 //!   `wait + COMPUTE_MAX + SLACK` ("stuck" otherwise, or when it never returns
 //!   within [`HARD`]). And nobody waits out `wait` for a computation that no
 //!   longer runs: a cancelled leader hands over at once, a dead one is replaced
 //!   within [`TAKEOVER`] (5 s with the defaults), so a call takes at most
 //!   `HANDOVERS × COMPUTE_MAX + SLACK`, plus `min(wait, TAKEOVER)` when a process
-//!   was killed shortly before or during it, plus the time Redis was frozen
-//!   during it and [`RECOVERY`]. Every computation here takes at most
+//!   was killed shortly before or during it, plus the time the node of its key
+//!   was frozen during it and [`RECOVERY`]. Every computation here takes at most
 //!   [`COMPUTE_MAX`], far below `wait`.
 //!
 //! A failing run prints the seed and the one command that re-runs it. The seed

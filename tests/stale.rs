@@ -7,9 +7,10 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aside::{Cache, Plain, Policy};
+use aside_testkit::until;
 use support::Fixture;
 use tokio::sync::{mpsc, Semaphore};
 
@@ -52,14 +53,6 @@ impl Runs {
 
     fn count(&self) -> usize {
         self.0.load(Ordering::SeqCst)
-    }
-}
-
-async fn until(what: &str, ready: impl Fn() -> bool) {
-    let deadline = Instant::now() + STUCK;
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

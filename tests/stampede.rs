@@ -5,21 +5,18 @@
 //!
 //! Runs against the memory backend, a single `redis-server` and a 3-master cluster
 //! (where it applies). The cross-process tests re-run this very test binary as child
-//! processes: each child is an `#[ignore]`d test below (`stampede_child`,
-//! `lease_holder_child`) that does nothing unless the parent's environment variables
-//! are set.
+//! processes (`aside_testkit::Children`): each child is an `#[ignore]`d test below
+//! (`stampede_child`, `lease_holder_child`) that does nothing unless the parent's
+//! environment variables are set.
 //!
 //! Timing figures are printed (run with `--nocapture` to see them), never asserted.
 
-use std::collections::HashMap;
-use std::io::Read;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aside::{Cache, Plain, Policy};
+use aside_testkit::{child_env, child_runtime, until, Children, STUCK};
 use serde::{Deserialize, Serialize};
 use support::{Fixture, Server};
 use tokio::sync::Semaphore;
@@ -47,10 +44,6 @@ on_backends!(
     a_miss_racing_the_store_does_not_compute_again,
 );
 
-/// Generous bound on anything that should take a second or two: exceeding it means
-/// a caller is stuck, which fails the test (no timing is asserted below it).
-const STUCK: Duration = Duration::from_secs(30);
-
 fn unix_ms() -> u64 {
     u64::try_from(
         SystemTime::now()
@@ -59,15 +52,6 @@ fn unix_ms() -> u64 {
             .as_millis(),
     )
     .expect("unix ms fit in u64")
-}
-
-/// Waits (polling) until `ready()` holds; panics with `what` after [`STUCK`].
-async fn until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + STUCK;
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// The cache URL of a Redis fixture, and the URL of the single node that holds the
@@ -120,144 +104,6 @@ async fn incr(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
 // ---------------------------------------------------------------------------
 // Child processes
 // ---------------------------------------------------------------------------
-
-/// Child processes of one test, killed (SIGKILL) and reaped when dropped, so a
-/// panicking parent leaves none behind.
-#[derive(Default)]
-struct Children {
-    procs: Vec<ChildProc>,
-}
-
-struct ChildProc {
-    child: Child,
-    stdout: Option<JoinHandle<String>>,
-    stderr: Option<JoinHandle<String>>,
-}
-
-struct ChildOutput {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
-}
-
-impl Children {
-    /// Runs the `#[ignore]`d test `name` of this binary in a new process. The
-    /// arguments work for binaries run by `cargo test` and by `cargo nextest` alike:
-    /// both are libtest binaries.
-    fn spawn(&mut self, name: &str, env: &[(&str, String)]) {
-        let exe = std::env::current_exe().expect("path of the test binary");
-        let mut command = Command::new(exe);
-        command
-            .args([name, "--exact", "--ignored", "--nocapture"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("spawn a child test process");
-        let stdout = child.stdout.take().map(drain);
-        let stderr = child.stderr.take().map(drain);
-        self.procs.push(ChildProc { child, stdout, stderr });
-    }
-
-    /// SIGKILLs child `index` and reaps it.
-    fn kill(&mut self, index: usize) {
-        let child = &mut self.procs[index].child;
-        child.kill().expect("SIGKILL the child");
-        child.wait().expect("reap the child");
-    }
-
-    /// Waits for every child to exit (at most `limit`) and returns their output.
-    async fn wait(&mut self, limit: Duration) -> Vec<ChildOutput> {
-        let deadline = Instant::now() + limit;
-        let mut statuses: Vec<Option<ExitStatus>> = vec![None; self.procs.len()];
-        loop {
-            for (proc, status) in self.procs.iter_mut().zip(&mut statuses) {
-                if status.is_none() {
-                    *status = proc.child.try_wait().expect("poll a child");
-                }
-            }
-            if statuses.iter().all(Option::is_some) {
-                break;
-            }
-            if Instant::now() >= deadline {
-                for proc in &mut self.procs {
-                    let _ = proc.child.kill();
-                    let _ = proc.child.wait();
-                }
-                let outputs: Vec<String> = self
-                    .procs
-                    .iter_mut()
-                    .map(|proc| {
-                        let out = proc.stdout.take().map(|h| h.join().unwrap_or_default());
-                        let err = proc.stderr.take().map(|h| h.join().unwrap_or_default());
-                        format!(
-                            "--- stdout\n{}\n--- stderr\n{}",
-                            out.unwrap_or_default(),
-                            err.unwrap_or_default()
-                        )
-                    })
-                    .collect();
-                panic!(
-                    "child processes still running after {limit:?}; killed them:\n{}",
-                    outputs.join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.procs
-            .iter_mut()
-            .zip(statuses)
-            .map(|(proc, status)| ChildOutput {
-                status: status.expect("exited"),
-                stdout: proc
-                    .stdout
-                    .take()
-                    .map(|h| h.join().expect("stdout reader"))
-                    .unwrap_or_default(),
-                stderr: proc
-                    .stderr
-                    .take()
-                    .map(|h| h.join().expect("stderr reader"))
-                    .unwrap_or_default(),
-            })
-            .collect()
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for proc in &mut self.procs {
-            let _ = proc.child.kill();
-            let _ = proc.child.wait();
-        }
-    }
-}
-
-/// The environment a child reads; `None` when run outside a parent test.
-fn child_env(names: &[&str]) -> Option<HashMap<String, String>> {
-    names
-        .iter()
-        .map(|name| std::env::var(name).ok().map(|value| (name.to_string(), value)))
-        .collect()
-}
-
-fn child_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 // ---------------------------------------------------------------------------
 // 1. One process, 200 tasks
@@ -576,15 +422,16 @@ fn spawn_holder(children: &mut Children, url: &str, key: &str, lock_ttl: Duratio
 
 /// Polls the run counter until the child's computation has started (it counts
 /// after taking the lease).
-async fn until_runs(conn: &mut redis::aio::MultiplexedConnection, runs: u64) {
-    let deadline = Instant::now() + STUCK;
-    while read_counter(conn, RUNS_KEY).await < runs {
-        assert!(
-            Instant::now() < deadline,
-            "the lease holder's computation never started"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+async fn until_runs(url: &str, runs: u64) {
+    let mut conn = redis::Client::open(url)
+        .expect("bookkeeping url")
+        .get_connection()
+        .expect("connect for bookkeeping");
+    until("the lease holder's computation started", || {
+        let value: Option<u64> = redis::cmd("GET").arg(RUNS_KEY).query(&mut conn).expect("GET counter");
+        value.unwrap_or(0) >= runs
+    })
+    .await;
 }
 
 async fn a_dead_holders_lease_expires_and_a_waiter_takes_over(fx: Fixture) {
@@ -593,7 +440,7 @@ async fn a_dead_holders_lease_expires_and_a_waiter_takes_over(fx: Fixture) {
     let mut conn = bookkeeping(&url).await;
     let mut children = Children::default();
     spawn_holder(&mut children, &url, KEY, Duration::from_secs(1), 30);
-    until_runs(&mut conn, 1).await;
+    until_runs(&url, 1).await;
 
     let cache = fx.cache().await;
     let policy = Policy::new(Duration::from_secs(60))
@@ -659,7 +506,7 @@ async fn a_waiter_gives_up_on_a_holder_that_never_finishes(fx: Fixture) {
     let mut conn = bookkeeping(&url).await;
     let mut children = Children::default();
     spawn_holder(&mut children, &url, KEY, Duration::from_secs(30), 3_600);
-    until_runs(&mut conn, 1).await;
+    until_runs(&url, 1).await;
 
     let cache = fx.cache().await;
     let policy = Policy::new(Duration::from_secs(60))

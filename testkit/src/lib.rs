@@ -14,6 +14,9 @@
 //! - [`RedisCluster`]: three masters joined by `redis-cli --cluster create`.
 //! - [`TcpProxy`]: a proxy in front of a server whose [`ProxyMode`] simulates
 //!   partitions (blackhole) and connection resets.
+//! - [`Children`]: the test binary re-run as child processes, each running one
+//!   `#[ignore]`d entry test ([`child_env`], [`child_runtime`]); SIGKILLed on drop.
+//! - [`until`]: polls a condition, failing after [`STUCK`].
 //!
 //! Servers never use port 6379 and never depend on a Redis already running.
 //! They are killed when dropped, and on Linux also when the test process dies.
@@ -44,15 +47,19 @@
 #![warn(missing_docs)]
 
 mod binary;
+mod children;
 mod cluster;
 mod port;
 mod proxy;
 mod server;
 mod spawn;
 mod tls;
+mod until;
 
 pub use binary::{redis_cli_binary, redis_server_binary};
+pub use children::{child_env, child_runtime, ChildOutput, Children};
 pub use cluster::{key_slot, RedisCluster};
 pub use proxy::{ProxyMode, TcpProxy};
 pub use server::{RedisServer, ServerOptions};
 pub use tls::openssl_binary;
+pub use until::{until, STUCK};

@@ -260,7 +260,7 @@ async fn an_aborted_leader_in_another_process_hands_over_at_once(fx: Fixture) {
     let (mut leader, mut starts) = callers(&leader_cache, "cancel:remote", &policy, 1, &runs);
     starts.recv().await.expect("the leader computes");
     let (waiters, _starts) = callers(&cache, "cancel:remote", &policy, 3, &runs);
-    support::until("the waiters wait for the leader's lease", || {
+    aside_testkit::until("the waiters wait for the leader's lease", || {
         cache.stats().function("cancel:remote").lock_waits >= 1
     })
     .await;
@@ -347,7 +347,7 @@ async fn a_waiter_fails_open_at_once_when_redis_stalls(fx: Fixture) {
             value
         })
     };
-    support::until("the waiter waits", || {
+    aside_testkit::until("the waiter waits", || {
         cache.stats().function("cancel:stall").lock_waits == 1
     })
     .await;

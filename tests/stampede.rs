@@ -868,7 +868,7 @@ async fn a_dead_holder_is_replaced_with_the_default_settings(fx: Fixture) {
     let mut conn = bookkeeping(&url).await;
     let mut children = Children::default();
     spawn_holder(&mut children, &url, KEY, defaults.lock_lease(), 3_600);
-    until_runs(&mut conn, 1).await;
+    until_runs(&url, 1).await;
 
     let cache = fx.cache().await;
     let policy = defaults.function("stampede:default-takeover");

@@ -138,16 +138,3 @@ macro_rules! on_backends {
         }
     };
 }
-
-/// Generous bound on a condition that should hold within a second or two:
-/// exceeding it means something is stuck.
-pub const STUCK: Duration = Duration::from_secs(30);
-
-/// Waits (polling) until `ready()` holds; panics naming `what` after [`STUCK`].
-pub async fn until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + STUCK;
-    while !ready() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}

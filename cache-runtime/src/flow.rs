@@ -196,9 +196,9 @@ where
     async fn lead(mut self, pilot: Pilot) -> O {
         loop {
             match self.lease.take().await {
-                Ok(Some(held)) => {
+                Ok(Some((held, stored))) => {
                     // Another process may have stored between our miss and our lease.
-                    if let Some(value) = fresh_in_store::<O::Value>(self.shared, self.entry).await {
+                    if let Some(value) = stored.and_then(|bytes| fresh::<O::Value>(&bytes)) {
                         held.release().await;
                         return O::from_cached(value);
                     }
@@ -206,9 +206,9 @@ where
                 }
                 Ok(None) => {
                     self.note_wait();
-                    let accept = |bytes: Bytes| entry::decode::<O::Value>(&bytes).ok().filter(Entry::is_fresh);
+                    let accept = |bytes: Bytes| fresh::<O::Value>(&bytes);
                     match self.lease.wait_for_value(self.deadline, accept).await {
-                        Ok(Some(entry)) => return O::from_cached(entry.value),
+                        Ok(Some(value)) => return O::from_cached(value),
                         Ok(None) => continue,
                         Err(Waited::TimedOut) => {
                             pilot.land(Landing::GaveUp);
@@ -233,9 +233,9 @@ where
     async fn revalidate(self, old: O::Value) -> O {
         let (probe, entry) = (self.probe, self.entry);
         match self.lease.take().await {
-            Ok(Some(held)) => {
+            Ok(Some((held, stored))) => {
                 // Someone may have refreshed it between our read and our lease.
-                if let Some(value) = fresh_in_store::<O::Value>(self.shared, self.entry).await {
+                if let Some(value) = stored.and_then(|bytes| fresh::<O::Value>(&bytes)) {
                     held.release().await;
                     return O::from_cached(value);
                 }
@@ -256,6 +256,12 @@ where
     /// Computes while holding the lease, then stores if the lease still holds
     /// (or frees it when there is nothing to store), and lands the flight.
     async fn compute_leased(self, held: Held<'c>, pilot: Option<Pilot>) -> O {
+        if held.record_tags().await.is_err() {
+            // Dropping the lease frees it.
+            drop(held);
+            self.probe.record(Event::BackendError);
+            return self.compute_unstored(pilot).await;
+        }
         let started = Instant::now();
         let outcome = held.hold((self.compute)()).await;
         self.probe.computed(started.elapsed());
@@ -366,14 +372,12 @@ where
     }
 }
 
-/// Holding the lease, reads the entry once more: if a fresh value arrived
-/// meanwhile, the race between a miss and another caller's store does not run
-/// the computation twice. (A free function: a call's state holds the
-/// computation, which need not be `Sync`, so no borrow of it crosses an `await`.)
-async fn fresh_in_store<T: DeserializeOwned>(shared: &Shared, entry: &str) -> Option<T> {
-    let bytes = shared.store.get(entry).await.ok().flatten()?;
-    let entry = entry::decode::<T>(&bytes).ok().filter(Entry::is_fresh)?;
-    Some(entry.value)
+/// The value of an entry's bytes, if they decode and are fresh.
+fn fresh<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    entry::decode::<T>(bytes)
+        .ok()
+        .filter(Entry::is_fresh)
+        .map(|entry| entry.value)
 }
 
 /// `start + wait`, or a date far enough away when that does not fit in an

@@ -31,6 +31,15 @@ pub(crate) trait Wake: Send + Sync + std::fmt::Debug {
     fn wake(&self, entry: &str);
 }
 
+/// What asking for a lease gave.
+#[derive(Debug)]
+pub(crate) enum Acquired {
+    /// Another computation holds it.
+    Busy,
+    /// Taken; with the entry's bytes as they were at that moment, if any.
+    Taken(Option<Bytes>),
+}
+
 /// A lease token: unique across processes (a per-process random seed and a
 /// counter). Whoever holds the lease of an entry is known by its token.
 pub(crate) fn new_token() -> String {
@@ -79,14 +88,17 @@ pub(crate) trait Backend: Send + Sync {
         lifetime: Duration,
         horizon: Duration,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// Takes the lease of `entry` for `token` if it is free (or always, with `steal`).
+    /// Takes the lease of `entry` for `token` if it is free (or always, with
+    /// `steal`); in the same step, reads the entry (not when stealing), so a
+    /// value another process stored since the caller's miss is seen without a
+    /// second round trip.
     fn acquire_lease(
         &self,
         entry: &str,
         token: &str,
         ttl: Duration,
         steal: bool,
-    ) -> impl Future<Output = Result<bool>> + Send;
+    ) -> impl Future<Output = Result<Acquired>> + Send;
     /// Extends the lease if `token` still holds it.
     fn renew_lease(&self, entry: &str, token: &str, ttl: Duration) -> impl Future<Output = Result<bool>> + Send;
     /// Frees the lease if `token` still holds it, and wakes the entry's waiters
@@ -161,7 +173,7 @@ impl Backend for Store {
         dispatch!(self, store => store.register(entry, tag_keys, lifetime, horizon).await)
     }
 
-    async fn acquire_lease(&self, entry: &str, token: &str, ttl: Duration, steal: bool) -> Result<bool> {
+    async fn acquire_lease(&self, entry: &str, token: &str, ttl: Duration, steal: bool) -> Result<Acquired> {
         dispatch!(self, store => store.acquire_lease(entry, token, ttl, steal).await)
     }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::Backend;
+use super::{Acquired, Backend};
 use crate::error::Result;
 
 #[derive(Debug, Default)]
@@ -36,8 +36,8 @@ impl Backend for OffStore {
     }
 
     /// Every caller may compute: there is nothing to protect.
-    async fn acquire_lease(&self, _: &str, _: &str, _: Duration, _: bool) -> Result<bool> {
-        Ok(true)
+    async fn acquire_lease(&self, _: &str, _: &str, _: Duration, _: bool) -> Result<Acquired> {
+        Ok(Acquired::Taken(None))
     }
 
     async fn renew_lease(&self, _: &str, _: &str, _: Duration) -> Result<bool> {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::waiters::Waiters;
 use super::FALLBACK_RECHECK;
-use crate::backend::{new_token, Backend, Store};
+use crate::backend::{new_token, Acquired, Backend, Store};
 use crate::redact::Redacted;
 use crate::tags;
 
@@ -58,15 +58,16 @@ impl<'a> Lease<'a> {
         self.lifetime.max(self.ttl)
     }
 
-    /// Tries for the lease; with it, records the entry in its tag sets.
-    /// `Ok(None)`: another computation holds it.
-    pub(crate) async fn take(&self) -> crate::Result<Option<Held<'a>>> {
+    /// Tries for the lease. `Ok(None)`: another computation holds it. With the lease come the entry's
+    /// bytes as they were when it was taken: another process may have stored
+    /// since the caller's miss.
+    pub(crate) async fn take(&self) -> crate::Result<Option<(Held<'a>, Option<Bytes>)>> {
         // Armed before the request is sent: if this future is dropped while the
         // request is under way, the lease it may have taken is freed.
         let held = Held::new(*self);
-        match self.store.acquire_lease(self.entry, &held.token, self.ttl, false).await {
-            Ok(true) => {}
-            Ok(false) => {
+        let stored = match self.store.acquire_lease(self.entry, &held.token, self.ttl, false).await {
+            Ok(Acquired::Taken(stored)) => stored,
+            Ok(Acquired::Busy) => {
                 held.disarm();
                 return Ok(None);
             }
@@ -74,9 +75,8 @@ impl<'a> Lease<'a> {
             // dropped guard frees what it may take, or every caller would wait
             // out the lease.
             Err(error) => return Err(error),
-        }
-        self.register(self.while_computing()).await?;
-        Ok(Some(held))
+        };
+        Ok(Some((held, stored)))
     }
 
     /// Takes the lease even from a computation in flight (whose store is then refused).
@@ -148,6 +148,13 @@ impl<'a> Held<'a> {
     /// Forgets the lease without freeing it (it was not taken, or is gone).
     fn disarm(mut self) {
         self.armed = false;
+    }
+
+    /// Records the entry in its tag sets before its computation starts (after
+    /// the lease is taken: see the protocol in [`lock`](crate::lock)). On an
+    /// error the caller drops the lease, which frees it.
+    pub(crate) async fn record_tags(&self) -> crate::Result<()> {
+        self.lease.register(self.lease.while_computing()).await
     }
 
     /// Runs `computation` while renewing the lease (and the tag records) every

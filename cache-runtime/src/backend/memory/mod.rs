@@ -12,7 +12,7 @@ use moka::Expiry;
 
 mod glob;
 
-use super::{Backend, Wake};
+use super::{Acquired, Backend, Wake};
 use crate::config::MemoryCapacity;
 use crate::error::Result;
 
@@ -187,14 +187,14 @@ impl Backend for MemoryStore {
         Ok(())
     }
 
-    async fn acquire_lease(&self, entry: &str, token: &str, ttl: Duration, steal: bool) -> Result<bool> {
+    async fn acquire_lease(&self, entry: &str, token: &str, ttl: Duration, steal: bool) -> Result<Acquired> {
         let mut leases = lock(&self.leases);
         if self.lease_requests.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             let now = Instant::now();
             leases.retain(|_, lease| lease.expires_at > now);
         }
         if !steal && Self::held(&mut leases, entry).is_some() {
-            return Ok(false);
+            return Ok(Acquired::Busy);
         }
         leases.insert(
             entry.to_owned(),
@@ -203,7 +203,11 @@ impl Backend for MemoryStore {
                 expires_at: Instant::now() + ttl,
             },
         );
-        Ok(true)
+        Ok(Acquired::Taken(if steal {
+            None
+        } else {
+            self.live(entry).map(|slot| slot.value)
+        }))
     }
 
     async fn renew_lease(&self, entry: &str, token: &str, ttl: Duration) -> Result<bool> {

@@ -18,7 +18,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
 
-use super::{Backend, Wake};
+use super::{Acquired, Backend, Wake};
 use crate::breaker::Breaker;
 use crate::config::{RedisTarget, Settings};
 use crate::error::{Error, Result};
@@ -407,19 +407,40 @@ impl Backend for RedisStore {
         futures_util::future::try_join_all(each).await.map(|_| ())
     }
 
-    async fn acquire_lease(&self, entry: &str, token: &str, ttl: Duration, steal: bool) -> Result<bool> {
+    async fn acquire_lease(&self, entry: &str, token: &str, ttl: Duration, steal: bool) -> Result<Acquired> {
         let lease = lease_key(entry);
         let ms = millis(ttl);
         if steal {
             let _: () = self
                 .run("SET", redis::cmd("SET").arg(&lease).arg(token).arg("PX").arg(ms))
                 .await?;
-            return Ok(true);
+            return Ok(Acquired::Taken(None));
         }
-        let acquired = self
-            .lease_script("acquire lease", &scripts::ACQUIRE_LEASE, &lease, token, ms)
+        let lease = &lease;
+        let answer: Value = self
+            .call("acquire lease", |mut conn| async move {
+                scripts::ACQUIRE_LEASE
+                    .key(lease)
+                    .key(entry)
+                    .arg(token)
+                    .arg(ms)
+                    .invoke_async(&mut conn)
+                    .await
+            })
             .await?;
-        Ok(acquired == 1)
+        match answer {
+            Value::Array(parts) if parts.first() == Some(&Value::Int(1)) => {
+                let stored: Option<Vec<u8>> = match parts.get(1) {
+                    Some(value) => redis::from_redis_value_ref(value).map_err(|e| Error::Redis {
+                        op: "acquire lease",
+                        source: e.into(),
+                    })?,
+                    None => None,
+                };
+                Ok(Acquired::Taken(stored.map(Bytes::from)))
+            }
+            _ => Ok(Acquired::Busy),
+        }
     }
 
     async fn renew_lease(&self, entry: &str, token: &str, ttl: Duration) -> Result<bool> {

@@ -36,20 +36,20 @@ return 0
     )
 });
 
-/// KEYS: lease. ARGV: token, ttl ms. Takes the lease if it is free; `1` also
-/// when `token` already holds it (a re-sent request).
+/// KEYS: lease, entry. ARGV: token, ttl ms. Takes the lease if it is free
+/// (also when `token` already holds it: a re-sent request) and returns
+/// `{1, entry}` — the entry as it is now, or false — else `0`.
 pub(crate) static ACQUIRE_LEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  return 1
-end
-if holder then
+if holder and holder ~= ARGV[1] then
   return 0
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return {1, redis.call('GET', KEYS[2])}
 ",
     )
 });

@@ -160,7 +160,11 @@ fn current_thread_runtimes() {
             }
         });
     }
-    assert_eq!(seen("runtimes:current_thread"), (15, 15, 0), "(hits, misses, backend errors)");
+    assert_eq!(
+        seen("runtimes:current_thread"),
+        (15, 15, 0),
+        "(hits, misses, backend errors)"
+    );
 }
 
 #[test]
@@ -188,5 +192,9 @@ fn one_runtime_per_thread() {
     for thread in threads {
         thread.join().expect("a thread's calls");
     }
-    assert_eq!(seen("runtimes:per_thread"), (20, 20, 0), "(hits, misses, backend errors)");
+    assert_eq!(
+        seen("runtimes:per_thread"),
+        (20, 20, 0),
+        "(hits, misses, backend errors)"
+    );
 }

@@ -1,8 +1,11 @@
 //! The Redis store: one multiplexed connection per cache (redis-rs
 //! `ConnectionManager`, or a `cluster-async` connection for Redis Cluster),
 //! shared by every call and re-established by redis-rs when it breaks, plus one
-//! pub/sub subscriber that wakes waiters when entries are stored.
+//! pub/sub subscriber that wakes waiters when entries are stored. Their
+//! background work runs on the store's own thread ([`background`]), never on a
+//! caller's runtime.
 
+mod background;
 mod notify;
 mod scripts;
 
@@ -79,6 +82,8 @@ pub(crate) struct RedisStore {
     channel: String,
     waiters: Arc<Waiters>,
     listener: notify::Listener,
+    /// Declared last: dropped after everything that runs on it.
+    background: background::Background,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -111,12 +116,25 @@ impl RedisStore {
             channel,
             waiters,
             listener,
+            background: background::Background::default(),
         }
+    }
+
+    /// Runs `future` on the store's own runtime, detached: it outlives the
+    /// caller's future and the caller's runtime. Works from a `Drop`
+    /// implementation with no runtime at hand.
+    #[allow(dead_code)] // for the lock's clean-up of cancelled leaders
+    pub(crate) fn spawn_background<F>(&self, future: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.background.spawn(future);
     }
 
     /// Connects now (and authenticates), so a bad address or password surfaces early.
     pub(crate) async fn connect(&self, timeout: Duration) -> Result<()> {
-        tokio::time::timeout(timeout, self.connection())
+        self.background
+            .enter(async { tokio::time::timeout(timeout, self.connection()).await })
             .await
             .map_err(|_| Error::Timeout {
                 op: "connect",
@@ -132,9 +150,15 @@ impl RedisStore {
         // Connect in a task of its own: a caller's operation timeout must not cancel
         // a connection that takes longer than one operation (TLS, a distant server),
         // or a lazily built cache would start over on every call and never connect.
+        // It runs on the store's runtime, so the drivers redis-rs spawns while
+        // connecting live there, not on the caller's runtime.
         let cell = Arc::clone(&self.connection);
         let (target, tls_ca, op_timeout) = (self.target.clone(), self.tls_ca.clone(), self.op_timeout);
-        let connecting = tokio::spawn(async move {
+        let handle = self.background.handle().map_err(|error| Error::Connect {
+            target: self.target.to_string(),
+            source: error.into(),
+        })?;
+        let connecting = handle.spawn(async move {
             cell.get_or_try_init(|| open(&target, tls_ca.as_deref(), op_timeout))
                 .await
                 .cloned()
@@ -164,13 +188,18 @@ impl RedisStore {
             let connection = self.connection().await?;
             request(connection).await.map_err(|source| Error::Redis { op, source })
         };
-        let result = match tokio::time::timeout(self.op_timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout {
-                op,
-                after: self.op_timeout,
-            }),
+        // Polled as a task of the store's runtime would be: what redis-rs spawns
+        // on a lost connection, and the timer, belong to the store.
+        let bounded = async {
+            match tokio::time::timeout(self.op_timeout, attempt).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::Timeout {
+                    op,
+                    after: self.op_timeout,
+                }),
+            }
         };
+        let result = self.background.enter(bounded).await;
         let available = match &result {
             Ok(_) => true,
             Err(error) => !error.is_unavailability(),
@@ -533,6 +562,6 @@ impl Backend for RedisStore {
     }
 
     async fn listen(&self, limit: Duration) {
-        self.listener.ready(limit).await;
+        self.background.enter(self.listener.ready(limit)).await;
     }
 }

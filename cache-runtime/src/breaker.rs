@@ -74,11 +74,6 @@ pub(crate) struct Permit<'a> {
 }
 
 impl Permit<'_> {
-    /// Whether this call is the breaker's probe.
-    pub(crate) fn is_probe(&self) -> bool {
-        self.probe
-    }
-
     /// Reports whether Redis answered (`available`).
     pub(crate) fn record(mut self, available: bool, target: &dyn std::fmt::Display) {
         self.settled = true;

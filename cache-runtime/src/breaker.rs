@@ -14,6 +14,10 @@ pub(crate) const FAILURES_TO_OPEN: u32 = 5;
 pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// The longest wait before probing.
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A probe that has not reported after this long is presumed lost (its task
+/// starved or stuck) and the next call probes instead: a probe must never keep
+/// the breaker half-open, skipping Redis, for good.
+pub(crate) const PROBE_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Whether calls reach Redis.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -40,6 +44,8 @@ pub(crate) struct Breaker {
     probe_at: AtomicU64,
     backoff_ms: AtomicU64,
     probing: AtomicBool,
+    /// Milliseconds since `epoch()` at which the current probe is presumed lost.
+    probe_lost_at: AtomicU64,
     opened: AtomicU64,
     skipped: AtomicU64,
 }
@@ -91,6 +97,7 @@ impl Default for Breaker {
             probe_at: AtomicU64::new(0),
             backoff_ms: AtomicU64::new(ms(FIRST_BACKOFF)),
             probing: AtomicBool::new(false),
+            probe_lost_at: AtomicU64::new(0),
             opened: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
         }
@@ -98,6 +105,28 @@ impl Default for Breaker {
 }
 
 impl Breaker {
+    /// Claims the probe: free, or held by a probe gone for [`PROBE_PATIENCE`].
+    fn start_probe(&self) -> bool {
+        let now = now_ms();
+        let claimed = self
+            .probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            || {
+                let lost_at = self.probe_lost_at.load(Ordering::Acquire);
+                now >= lost_at
+                    && self
+                        .probe_lost_at
+                        .compare_exchange(lost_at, u64::MAX, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+            };
+        if claimed {
+            self.probe_lost_at
+                .store(now.saturating_add(ms(PROBE_PATIENCE)), Ordering::Release);
+        }
+        claimed
+    }
+
     /// A permit to call Redis, or `None` to skip it.
     pub(crate) fn allow(&self) -> Option<Permit<'_>> {
         match self.state.load(Ordering::Acquire) {
@@ -106,12 +135,7 @@ impl Breaker {
                 probe: false,
                 settled: false,
             }),
-            _ if now_ms() >= self.probe_at.load(Ordering::Acquire)
-                && self
-                    .probing
-                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok() =>
-            {
+            _ if now_ms() >= self.probe_at.load(Ordering::Acquire) && self.start_probe() => {
                 self.state.store(HALF_OPEN, Ordering::Release);
                 tracing::debug!(target: "aside", "circuit breaker probing redis");
                 Some(Permit {
@@ -248,5 +272,22 @@ mod tests {
         assert_eq!(breaker.state(), BreakerState::Open);
         breaker.probe_at.store(0, Ordering::Release);
         assert!(breaker.allow().is_some(), "probing resumes after a cancelled probe");
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_does_not_keep_the_breaker_half_open() {
+        let breaker = Breaker::default();
+        for _ in 0..FAILURES_TO_OPEN {
+            fail(&breaker);
+        }
+        breaker.probe_at.store(0, Ordering::Release);
+        let lost = breaker.allow().expect("a probe");
+        assert!(breaker.allow().is_none(), "one probe at a time");
+        // The probe's task is starved: it neither reports nor is dropped.
+        breaker.probe_lost_at.store(0, Ordering::Release);
+        let probe = breaker.allow().expect("another probe once the first is presumed lost");
+        probe.record(true, &"test");
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        std::mem::forget(lost);
     }
 }

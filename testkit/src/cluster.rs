@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,10 @@ const MASTERS: usize = 3;
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// Pause between readiness probes.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Keys moved per `MIGRATE` while resharding, as `redis-cli --cluster reshard` does (`--cluster-pipeline`).
+const MIGRATE_BATCH: usize = 10;
+/// `MIGRATE`'s own timeout, in milliseconds.
+const MIGRATE_TIMEOUT_MS: u64 = 5000;
 
 /// A Redis Cluster of three masters and no replicas, each a [`RedisServer`]
 /// (`--cluster-enabled yes`, `nodes.conf` in its temp dir, node timeout 2 s),
@@ -40,8 +45,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
-    /// `(first slot, last slot, node index)` as reported by `CLUSTER SLOTS` at start.
-    slots: Vec<(u16, u16, usize)>,
+    /// `(first slot, last slot, node index)` as reported by `CLUSTER SLOTS` at
+    /// start, and again after each [`reshard`](RedisCluster::reshard).
+    slots: Mutex<Vec<(u16, u16, usize)>>,
 }
 
 impl RedisCluster {
@@ -65,7 +71,10 @@ impl RedisCluster {
             .collect();
         create(&nodes, started + READY_DEADLINE);
         let slots = wait_until_ready(&nodes, started + READY_DEADLINE);
-        RedisCluster { nodes, slots }
+        RedisCluster {
+            nodes,
+            slots: Mutex::new(slots),
+        }
     }
 
     /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`, the form `REDIS_URL` takes.
@@ -122,20 +131,156 @@ impl RedisCluster {
     }
 
     /// The index in [`nodes`](Self::nodes) of the master serving `key`'s hash slot
-    /// (hash tags respected), per the slot map read when the cluster started.
+    /// (hash tags respected), per the slot map read when the cluster started or
+    /// last resharded.
     ///
     /// ```no_run
     /// let cluster = aside_testkit::RedisCluster::start();
     /// assert_eq!(cluster.node_for_key("{user:1}:a"), cluster.node_for_key("{user:1}:b"));
     /// ```
     pub fn node_for_key(&self, key: &str) -> usize {
-        let slot = key_slot(key);
+        self.node_for_slot(key_slot(key))
+    }
+
+    /// The index of the master serving `slot`, per the slot map read when the
+    /// cluster started or last resharded.
+    ///
+    /// ```no_run
+    /// let cluster = aside_testkit::RedisCluster::start();
+    /// assert_eq!(cluster.node_for_slot(0), 0);
+    /// ```
+    pub fn node_for_slot(&self, slot: u16) -> usize {
         self.slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .find(|(first, last, _)| (*first..=*last).contains(&slot))
             .map(|(_, _, node)| *node)
             .expect("the slot map covers all 16384 slots")
     }
+
+    /// Moves the first `count` slots that master `from` serves to master `to`,
+    /// keys included, while the cluster keeps serving: what
+    /// `redis-cli --cluster reshard --cluster-from F --cluster-to T
+    /// --cluster-slots N --cluster-yes` does. Returns the slots moved (fewer
+    /// than `count` when `from` has fewer).
+    ///
+    /// ```no_run
+    /// let cluster = aside_testkit::RedisCluster::start();
+    /// let moved = cluster.reshard(0, 1, 100);
+    /// assert_eq!(cluster.node_for_slot(moved[0]), 1);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When a node refuses a step (its reply is quoted).
+    pub fn reshard(&self, from: usize, to: usize, count: usize) -> Vec<u16> {
+        let slots: Vec<u16> = self
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, _, node)| *node == from)
+            .flat_map(|(first, last, _)| *first..=*last)
+            .take(count)
+            .collect();
+        self.move_slots(&slots, to);
+        slots
+    }
+
+    /// Moves each of `slots` to master `to`, one slot after another, keys
+    /// included, the way `redis-cli --cluster reshard` moves a slot: the target
+    /// marks it `IMPORTING`, its owner `MIGRATING` (clients now meet `ASK` and
+    /// `TRYAGAIN`), its keys are `MIGRATE`d in batches, then every master is told
+    /// its new owner (`SETSLOT NODE`, target first; clients now meet `MOVED`).
+    /// Slots `to` already serves are left alone.
+    ///
+    /// ```no_run
+    /// let cluster = aside_testkit::RedisCluster::start();
+    /// let slot = aside_testkit::key_slot("user:1");
+    /// cluster.move_slots(&[slot], (cluster.node_for_slot(slot) + 1) % 3);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When a node refuses a step (its reply is quoted).
+    pub fn move_slots(&self, slots: &[u16], to: usize) {
+        let mut connections: Vec<redis::Connection> = self.nodes.iter().map(RedisServer::connection).collect();
+        let ids: Vec<String> = connections
+            .iter_mut()
+            .map(|con| redis::cmd("CLUSTER").arg("MYID").query(con).expect("CLUSTER MYID"))
+            .collect();
+        let target_port = self.nodes[to].port();
+        let mut owners = owners(&self.slots.lock().unwrap_or_else(PoisonError::into_inner));
+        for &slot in slots {
+            let from = owners[usize::from(slot)];
+            if from == to {
+                continue;
+            }
+            let setslot = |con: &mut redis::Connection, state: &str, id: &str| {
+                redis::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg(state)
+                    .arg(id)
+                    .query::<()>(con)
+                    .unwrap_or_else(|err| panic!("CLUSTER SETSLOT {slot} {state}: {err}"));
+            };
+            setslot(&mut connections[to], "IMPORTING", &ids[from]);
+            setslot(&mut connections[from], "MIGRATING", &ids[to]);
+            loop {
+                let keys: Vec<Vec<u8>> = redis::cmd("CLUSTER")
+                    .arg("GETKEYSINSLOT")
+                    .arg(slot)
+                    .arg(MIGRATE_BATCH)
+                    .query(&mut connections[from])
+                    .expect("CLUSTER GETKEYSINSLOT");
+                if keys.is_empty() {
+                    break;
+                }
+                redis::cmd("MIGRATE")
+                    .arg("127.0.0.1")
+                    .arg(target_port)
+                    .arg("")
+                    .arg(0)
+                    .arg(MIGRATE_TIMEOUT_MS)
+                    .arg("KEYS")
+                    .arg(&keys)
+                    .query::<()>(&mut connections[from])
+                    .unwrap_or_else(|err| panic!("MIGRATE of slot {slot}: {err}"));
+            }
+            setslot(&mut connections[to], "NODE", &ids[to]);
+            setslot(&mut connections[from], "NODE", &ids[to]);
+            for other in (0..self.nodes.len()).filter(|node| *node != from && *node != to) {
+                setslot(&mut connections[other], "NODE", &ids[to]);
+            }
+            owners[usize::from(slot)] = to;
+        }
+        *self.slots.lock().unwrap_or_else(PoisonError::into_inner) = ranges(&owners);
+    }
+}
+
+/// The owner of each slot per `map`.
+fn owners(map: &[(u16, u16, usize)]) -> Vec<usize> {
+    let mut owners = vec![usize::MAX; usize::from(SLOT_COUNT)];
+    for (first, last, owner) in map {
+        for s in *first..=*last {
+            owners[usize::from(s)] = *owner;
+        }
+    }
+    owners
+}
+
+/// The slot map of `owners`: ranges of consecutive slots with one owner.
+fn ranges(owners: &[usize]) -> Vec<(u16, u16, usize)> {
+    let mut ranges: Vec<(u16, u16, usize)> = Vec::new();
+    for (s, &owner) in (0..SLOT_COUNT).zip(owners) {
+        match ranges.last_mut() {
+            Some((_, last, current)) if *current == owner && *last + 1 == s => *last = s,
+            _ => ranges.push((s, s, owner)),
+        }
+    }
+    ranges
 }
 
 /// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of the key, or of its
@@ -320,5 +465,19 @@ mod tests {
         assert_eq!(key_slot("foo{}{bar}"), crc16_xmodem(b"foo{}{bar}") % 16384);
         assert_eq!(key_slot("foo{{bar}}zap"), key_slot("{bar"));
         assert_eq!(key_slot("foo{bar}{zap}"), key_slot("bar"));
+    }
+
+    #[test]
+    fn reassign_splits_and_merges_ranges() {
+        let map = vec![(0, 99, 0), (100, 16383, 1)];
+        let reassign = |map: &[(u16, u16, usize)], slot: usize, node: usize| {
+            let mut owners = owners(map);
+            owners[slot] = node;
+            ranges(&owners)
+        };
+        let moved = reassign(&map, 50, 1);
+        assert_eq!(moved, vec![(0, 49, 0), (50, 50, 1), (51, 99, 0), (100, 16383, 1)]);
+        assert_eq!(reassign(&moved, 50, 0), map);
+        assert_eq!(reassign(&map, 99, 1), vec![(0, 98, 0), (99, 16383, 1)]);
     }
 }

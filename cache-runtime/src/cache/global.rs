@@ -14,6 +14,12 @@ impl Cache {
     /// The process-wide cache: the one given to [`set_global`](Cache::set_global),
     /// or else one built from the environment on first use, connecting lazily.
     ///
+    /// It works from every tokio runtime that calls it, whichever connected it:
+    /// successive `#[tokio::test]` runtimes, a runtime dropped and built again,
+    /// current-thread runtimes, one runtime per thread. A Redis store keeps its
+    /// connection's background work on a thread of its own (`aside-redis`), so
+    /// none of it ends with the runtime that happened to make the first call.
+    ///
     /// Invalid settings in the environment are logged at `error` and give a cache
     /// that stores nothing (`off`): the service keeps working, computing every call,
     /// and never serves a value that another process could have invalidated. Use

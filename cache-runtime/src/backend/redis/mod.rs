@@ -1,8 +1,11 @@
 //! The Redis store: one multiplexed connection per cache (redis-rs
 //! `ConnectionManager`, or a `cluster-async` connection for Redis Cluster),
 //! shared by every call and re-established by redis-rs when it breaks, plus one
-//! pub/sub subscriber that wakes waiters when entries are stored.
+//! pub/sub subscriber that wakes waiters when entries are stored. Their
+//! background work runs on the store's own thread ([`background`]), never on a
+//! caller's runtime.
 
+mod background;
 mod notify;
 mod scripts;
 
@@ -10,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{stream, StreamExt, TryStreamExt};
+use futures_util::{stream, FutureExt, StreamExt, TryStreamExt};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -19,7 +22,7 @@ use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
 
 use super::{Acquired, Backend, Wake};
-use crate::breaker::Breaker;
+use crate::breaker::{Breaker, BreakerState};
 use crate::config::{RedisTarget, Settings};
 use crate::error::{Error, Result};
 use crate::key::companion_key;
@@ -32,20 +35,36 @@ const TAG_BATCH: usize = 500;
 const SCAN_COUNT: usize = 1000;
 /// How long a detached tag set outlives an invalidation that died half-way.
 const DETACHED_TTL: Duration = Duration::from_secs(600);
+/// Redirections and waits the cluster client follows for one request before
+/// giving up on it (each bounded by the operation timeout anyway).
+const CLUSTER_RETRIES: u32 = 10;
+/// The cluster client's shortest and longest wait before re-sending a request
+/// (`TRYAGAIN`, a node not connected yet), in milliseconds. redis-rs's
+/// defaults (1.28 s at least) outlast any operation timeout, so every
+/// `TRYAGAIN` of a migrating slot would end as a timeout.
+const CLUSTER_RETRY_WAIT_MS: (u64, u64) = (2, 40);
+/// The first pause before re-sending a request the cluster turned away while
+/// a slot migrates; doubled up to [`RESHARD_MAX_PAUSE`], within the operation timeout.
+const RESHARD_FIRST_PAUSE: Duration = Duration::from_millis(2);
+/// The longest such pause.
+const RESHARD_MAX_PAUSE: Duration = Duration::from_millis(32);
 
 /// The connection of a store: single node or cluster. Both are cheap clones of a
 /// shared multiplexed connection.
 #[derive(Clone)]
 enum Connection {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    /// With how long a request turned away by a migrating slot is re-sent.
+    Cluster(ClusterConnection, Duration),
 }
 
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Connection::Single(conn) => conn.req_packed_command(cmd),
-            Connection::Cluster(conn) => conn.req_packed_command(cmd),
+            Connection::Cluster(conn, patience) => Box::pin(resending(*patience, conn, move |mut conn| {
+                async move { conn.req_packed_command(cmd).await }.boxed()
+            })),
         }
     }
 
@@ -57,14 +76,51 @@ impl ConnectionLike for Connection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Connection::Single(conn) => conn.req_packed_commands(cmd, offset, count),
-            Connection::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(conn, patience) => Box::pin(resending(*patience, conn, move |mut conn| {
+                async move { conn.req_packed_commands(cmd, offset, count).await }.boxed()
+            })),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Connection::Single(conn) => conn.get_db(),
-            Connection::Cluster(conn) => conn.get_db(),
+            Connection::Cluster(conn, _) => conn.get_db(),
+        }
+    }
+}
+
+/// Whether the cluster turned a request away, unexecuted, because a slot is
+/// moving (`TRYAGAIN`, `MOVED`/`ASK` left after redis-rs's own redirections, a
+/// node it has no connection to yet): sending it again soon succeeds, and it
+/// says nothing about Redis being down.
+fn resharding(error: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        error.kind(),
+        ErrorKind::Server(ServerErrorKind::TryAgain | ServerErrorKind::Moved | ServerErrorKind::Ask)
+            | ErrorKind::ClusterConnectionNotFound
+    )
+}
+
+/// Sends a request, and again after a short pause (doubling) while the
+/// cluster turns it away because a slot is moving, for at most `patience`.
+/// Only errors that mean "not executed" are re-sent, so nothing runs twice.
+async fn resending<'a, T>(
+    patience: Duration,
+    conn: &ClusterConnection,
+    send: impl Fn(ClusterConnection) -> RedisFuture<'a, T>,
+) -> RedisResult<T> {
+    let started = Instant::now();
+    let mut pause = RESHARD_FIRST_PAUSE;
+    loop {
+        match send(conn.clone()).await {
+            Err(error) if resharding(&error) && started.elapsed() + pause < patience => {
+                tracing::trace!(target: "aside", %error, "a slot is moving; sending again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RESHARD_MAX_PAUSE);
+            }
+            result => return result,
         }
     }
 }
@@ -73,13 +129,17 @@ pub(crate) struct RedisStore {
     target: RedisTarget,
     tls_ca: Option<Arc<Vec<u8>>>,
     op_timeout: Duration,
-    connection: Arc<OnceCell<Connection>>,
+    /// Replaced (by a fresh, empty cell) when a cluster connection is wedged;
+    /// see [`RedisStore::replace_wedged`].
+    connection: std::sync::RwLock<Arc<OnceCell<Connection>>>,
     breaker: Breaker,
     channel: String,
     listener: notify::Listener,
     /// Set once a store's announcement was refused (an ACL user without
     /// channel rights), so the warning is logged once.
     announce_refused: std::sync::atomic::AtomicBool,
+    /// Declared last: dropped after everything that runs on it.
+    background: background::Background,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -87,7 +147,7 @@ impl std::fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("target", &self.target)
             .field("op_timeout", &self.op_timeout)
-            .field("connected", &self.connection.initialized())
+            .field("connected", &self.current_cell().initialized())
             .finish_non_exhaustive()
     }
 }
@@ -106,17 +166,30 @@ impl RedisStore {
             target,
             tls_ca,
             op_timeout: settings.op_timeout,
-            connection: Arc::default(),
+            connection: std::sync::RwLock::default(),
             breaker: Breaker::default(),
             channel,
             listener,
             announce_refused: std::sync::atomic::AtomicBool::new(false),
+            background: background::Background::default(),
         }
+    }
+
+    /// Runs `future` on the store's own runtime, detached: it outlives the
+    /// caller's future and the caller's runtime. Works from a `Drop`
+    /// implementation with no runtime at hand.
+    #[allow(dead_code)] // for the lock's clean-up of cancelled leaders
+    pub(crate) fn spawn_background<F>(&self, future: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.background.spawn(future);
     }
 
     /// Connects now (and authenticates), so a bad address or password surfaces early.
     pub(crate) async fn connect(&self, timeout: Duration) -> Result<()> {
-        tokio::time::timeout(timeout, self.connection())
+        self.background
+            .enter(async { tokio::time::timeout(timeout, self.connection()).await })
             .await
             .map_err(|_| Error::Timeout {
                 op: "connect",
@@ -125,16 +198,53 @@ impl RedisStore {
             .map(|_| ())
     }
 
+    /// The cell the connection lives in now.
+    fn current_cell(&self) -> Arc<OnceCell<Connection>> {
+        Arc::clone(&self.connection.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Drops a cluster connection whose timeouts opened the breaker (or failed
+    /// its probe), so the next call — the breaker's probe — opens a new one.
+    ///
+    /// redis-rs's cluster driver can deadlock for good while slots move: a
+    /// node reconnection that has begun taking its connection lock is left
+    /// unpolled while a slot-map refresh waits for that lock (both are needed
+    /// at once when a request times out amid `MOVED` replies). Every request
+    /// then waits for ever; from here that looks like Redis timing out on every
+    /// call, the breaker opening, and its probes timing out too. A single-node
+    /// connection recovers by itself and is left alone.
+    fn replace_wedged(&self, cell: &Arc<OnceCell<Connection>>) {
+        if !matches!(cell.get(), Some(Connection::Cluster(..))) {
+            return;
+        }
+        let mut current = self.connection.write().unwrap_or_else(|e| e.into_inner());
+        if Arc::ptr_eq(&current, cell) {
+            *current = Arc::default();
+            tracing::warn!(target: "aside", redis = %self.target,
+                "the cluster connection stopped answering; opening a new one");
+        }
+    }
+
     async fn connection(&self) -> Result<Connection> {
-        if let Some(connection) = self.connection.get() {
+        self.connection_in(&self.current_cell()).await
+    }
+
+    async fn connection_in(&self, cell: &Arc<OnceCell<Connection>>) -> Result<Connection> {
+        if let Some(connection) = cell.get() {
             return Ok(connection.clone());
         }
         // Connect in a task of its own: a caller's operation timeout must not cancel
         // a connection that takes longer than one operation (TLS, a distant server),
         // or a lazily built cache would start over on every call and never connect.
-        let cell = Arc::clone(&self.connection);
+        // It runs on the store's runtime, so the drivers redis-rs spawns while
+        // connecting live there, not on the caller's runtime.
+        let cell = Arc::clone(cell);
         let (target, tls_ca, op_timeout) = (self.target.clone(), self.tls_ca.clone(), self.op_timeout);
-        let connecting = tokio::spawn(async move {
+        let handle = self.background.handle().map_err(|error| Error::Connect {
+            target: self.target.to_string(),
+            source: error.into(),
+        })?;
+        let connecting = handle.spawn(async move {
             cell.get_or_try_init(|| open(&target, tls_ca.as_deref(), op_timeout))
                 .await
                 .cloned()
@@ -158,37 +268,46 @@ impl RedisStore {
         Fut: std::future::Future<Output = RedisResult<T>>,
     {
         let Some(permit) = self.breaker.allow() else {
+            // Skipping Redis touches no tokio resource, so a loop of skipped
+            // calls would never yield: it could starve the very task whose
+            // probe closes the breaker. Spend the task's cooperative budget as
+            // a Redis request would.
+            tokio::task::coop::consume_budget().await;
             return Err(Error::CircuitOpen);
         };
+        let cell = self.current_cell();
         let attempt = async {
-            let connection = self.connection().await?;
+            let connection = self.connection_in(&cell).await?;
             request(connection).await.map_err(|source| Error::Redis { op, source })
         };
-        let result = match tokio::time::timeout(self.op_timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout {
-                op,
-                after: self.op_timeout,
-            }),
+        // Polled as a task of the store's runtime would be: what redis-rs spawns
+        // on a lost connection, and the timer, belong to the store.
+        let bounded = async {
+            match tokio::time::timeout(self.op_timeout, attempt).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::Timeout {
+                    op,
+                    after: self.op_timeout,
+                }),
+            }
         };
+        let result = self.background.enter(bounded).await;
+        // A request turned away by a moving slot (still, at the end of the
+        // operation timeout) is about that slot, not Redis being down: it must
+        // not open the breaker for every key.
         let available = match &result {
             Ok(_) => true,
+            Err(Error::Redis { source, .. }) if resharding(source) => true,
             Err(error) => !error.is_unavailability(),
         };
         if let Err(error) = &result {
             tracing::debug!(target: "aside", redis = %self.target, op, %error, "redis operation failed");
         }
         permit.record(available, &self.target);
-        result
-    }
-
-    /// Runs `work` in the background, outliving the caller's future (a lease
-    /// released after its computation was dropped).
-    pub(crate) fn spawn_background(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(work)),
-            Err(_) => tracing::debug!(target: "aside", "no runtime to release a lease on; it expires on its own"),
+        if matches!(result, Err(Error::Timeout { .. })) && self.breaker.state() != BreakerState::Closed {
+            self.replace_wedged(&cell);
         }
+        result
     }
 
     /// Logs once that the Redis user may not publish store announcements.
@@ -214,7 +333,7 @@ impl RedisStore {
     async fn scan_each(&self, pattern: &str, mut each: impl AsyncBatch) -> Result<u64> {
         let nodes = match self.connection().await? {
             Connection::Single(_) => vec![None],
-            Connection::Cluster(_) => self.masters().await?.into_iter().map(Some).collect(),
+            Connection::Cluster(..) => self.masters().await?.into_iter().map(Some).collect(),
         };
         let mut total = 0;
         for node in nodes {
@@ -232,7 +351,13 @@ impl RedisStore {
                         let value = self
                             .call("SCAN", |conn| async move {
                                 match conn {
-                                    Connection::Cluster(mut conn) => conn.route_command(scan, routing).await,
+                                    Connection::Cluster(conn, patience) => {
+                                        resending(patience, &conn, |mut conn| {
+                                            let (scan, routing) = (scan.clone(), routing.clone());
+                                            async move { conn.route_command(scan, routing).await }.boxed()
+                                        })
+                                        .await
+                                    }
                                     Connection::Single(mut conn) => scan.query_async(&mut conn).await,
                                 }
                             })
@@ -339,15 +464,22 @@ async fn open(target: &RedisTarget, tls_ca: Option<&Vec<u8>>, op_timeout: Durati
         Some(nodes) => {
             // As for a single node, `call` bounds each operation; the client's own
             // timer only has to catch connections that went silent.
+            // Redirections (`MOVED`, `ASK`) and `TRYAGAIN` are routine while slots
+            // move: follow enough of them, with short waits, that a request
+            // served by the cluster within the operation timeout gets through.
+            let (min_wait, max_wait) = CLUSTER_RETRY_WAIT_MS;
             let mut builder = ClusterClientBuilder::new(nodes.to_vec())
                 .connection_timeout(connect_timeout)
                 .response_timeout(op_timeout.saturating_mul(8))
-                .retries(2);
+                .retries(CLUSTER_RETRIES)
+                .min_retry_wait(min_wait)
+                .max_retry_wait(max_wait)
+                .retry_wait_formula(2, 2);
             if let (Some(ca), true) = (tls_ca, target.is_tls()) {
                 builder = builder.certs(certificates(ca));
             }
             let client = builder.build()?;
-            Ok(Connection::Cluster(client.get_async_connection().await?))
+            Ok(Connection::Cluster(client.get_async_connection().await?, op_timeout))
         }
     }
 }
@@ -571,6 +703,6 @@ impl Backend for RedisStore {
     }
 
     async fn listen(&self, limit: Duration) {
-        self.listener.ready(limit).await;
+        self.background.enter(self.listener.ready(limit)).await;
     }
 }

@@ -52,7 +52,9 @@ impl Listener {
         }
     }
 
-    /// Starts the subscriber if needed and waits until it is subscribed, at most `limit`.
+    /// Starts the subscriber if needed and waits until it is subscribed, at most
+    /// `limit`. Polled within the store's runtime ([`super::background`]), so the
+    /// subscriber runs there.
     pub(crate) async fn ready(&self, limit: Duration) {
         if !self.started.swap(true, Ordering::AcqRel) {
             let task = tokio::spawn(run(

@@ -112,6 +112,10 @@ impl Key {
     }
 
     /// A function's key whose argument segment is the concatenation of `pieces`.
+    ///
+    /// `{` and `}` are reserved for hash slots: a literal piece containing one
+    /// makes the key fail with [`Error::Key`] when used (values are escaped, so
+    /// they never bring one).
     pub fn template(
         prefix: impl Into<Cow<'static, str>>,
         name: impl Into<Cow<'static, str>>,
@@ -229,7 +233,8 @@ impl From<&Key> for Key {
     }
 }
 
-/// Joins template pieces, or says which value failed to render.
+/// Joins template pieces, or says which value failed to render, or that the text
+/// has hash-slot braces (only a literal can bring them: values are escaped).
 pub(crate) fn concat(pieces: impl IntoIterator<Item = Piece>) -> std::result::Result<String, String> {
     let mut text = String::new();
     for piece in pieces {
@@ -239,6 +244,7 @@ pub(crate) fn concat(pieces: impl IntoIterator<Item = Piece>) -> std::result::Re
             Piece::Value(Err(problem)) => return Err(problem),
         }
     }
+    crate::tags::check("a key template or tag", &text)?;
     Ok(text)
 }
 

@@ -73,6 +73,14 @@ impl App {
                 get(echo).layer(layer("keyed").identifying(HeaderName::from_static("x-api-key"))),
             )
             .route("/site", get(site).layer(layer("site")))
+            .route(
+                "/catalogue/{category}",
+                get(echo).layer(layer("catalogue").tags_from(|request| {
+                    let category = request.uri.path().trim_start_matches("/catalogue/");
+                    let raw = percent_decode(category);
+                    vec![aside::tag!("category:{}", raw).unwrap(), format!("raw:{raw}")]
+                })),
+            )
             .with_state(self.clone())
     }
 
@@ -323,6 +331,26 @@ async fn concurrent_requests_run_the_handler_once(fixture: Fixture) {
     assert_eq!(misses, 1, "the one that ran the handler");
 }
 
+/// The path segment as sent, braces decoded.
+fn percent_decode(text: &str) -> String {
+    text.replace("%7B", "{").replace("%7D", "}")
+}
+
+/// A tag from the request with a brace: the route answers uncached, on one node
+/// as on a cluster; values escaped with `aside::tag!` are fine.
+async fn braced_tags_from_requests_pass_uncached(fixture: Fixture) {
+    let app = App::new(&fixture).await;
+    for _ in 0..2 {
+        assert_eq!(app.get("/catalogue/%7Bbooks%7D").await.x_cache(), "MISS");
+    }
+    assert_eq!(app.runs(), 2, "not stored");
+    assert_eq!(app.get("/catalogue/books").await.x_cache(), "MISS");
+    assert_eq!(app.get("/catalogue/books").await.x_cache(), "HIT");
+    let tag = aside::tag!("category:{}", "books").unwrap();
+    assert_eq!(app.cache.invalidate_tag(&tag).await.unwrap(), 1);
+    assert_eq!(app.runs(), 3);
+}
+
 fn with_header(uri: &str, name: HeaderName, value: &str) -> Request<Body> {
     Request::get(uri).header(name, value).body(Body::empty()).unwrap()
 }
@@ -456,6 +484,7 @@ on_backends!([memory, redis, cluster]
     miss_then_hit_with_age,
     session_cookies_get_their_own_pages,
     hosts_get_their_own_pages,
+    braced_tags_from_requests_pass_uncached,
     writes_invalidate_by_tag,
 );
 

@@ -199,12 +199,17 @@ impl CacheLayer {
     }
 
     /// Tags of every stored response of the route, for [`Cache::invalidate_tag`].
+    /// A tag with `{` or `}` is refused (see [`Policy::tags`]): the route then
+    /// answers every request uncached, on every backend alike; build tags holding
+    /// values with [`tag!`](crate::tag).
     pub fn tags<T: Into<String>>(self, tags: impl IntoIterator<Item = T>) -> CacheLayer {
         self.with(|route| route.tags = tags.into_iter().map(Into::into).collect())
     }
 
     /// More tags computed from each request (its method, URI and headers), for
-    /// example one per resource id of the path.
+    /// example one per resource id of the path. As for [`tags`](CacheLayer::tags),
+    /// a tag with `{` or `}` makes that request pass uncached; escape values from
+    /// the request with [`tag!`](crate::tag).
     pub fn tags_from(self, tags: impl Fn(&request::Parts) -> Vec<String> + Send + Sync + 'static) -> CacheLayer {
         self.with(|route| route.tags_from = Some(Arc::new(tags)))
     }

@@ -142,10 +142,12 @@ pub fn app(cache: Cache, metrics: PrometheusHandle) -> Router {
         metrics,
         sessions: sessions.clone(),
     };
+    // Revenue is the same for every user: cached despite the session cookie.
     let revenue_cache = CacheLayer::new(cache)
         .name("revenue")
         .ttl(Duration::from_secs(300))
-        .tags([ORDERS]);
+        .tags([ORDERS])
+        .allow_cookies();
     Router::new()
         .route("/api/revenue", get(revenue).layer(revenue_cache))
         .route("/api/orders", post(add_order))

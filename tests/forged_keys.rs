@@ -1,12 +1,13 @@
 //! Guarantee 10, keys: argument values cannot forge or collide keys and tags, a
-//! tag never matches a longer one, and a pattern of one prefix never reaches
-//! another prefix's keys.
+//! tag never matches a longer one, a pattern of one prefix never reaches
+//! another prefix's keys, and floats JSON cannot write (`NaN`, `inf`, `-inf`)
+//! are arguments of their own, apart from `None`.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use aside::key::Piece;
-use aside::{Key, Plain, Policy};
+use aside::{cached, Cache, Key, Plain, Policy};
 use support::Fixture;
 
 mod support;
@@ -16,6 +17,7 @@ on_backends!(
     hostile_values_make_distinct_entries,
     hostile_tags_stay_distinct,
     patterns_stay_within_their_prefix,
+    non_finite_floats_are_arguments_of_their_own,
 );
 
 /// Values with every character that means something to Redis keys or globs.
@@ -110,4 +112,51 @@ async fn patterns_stay_within_their_prefix(fx: Fixture) {
         1
     );
     assert!(cache.exists(readable("compute", "eu", 1)).await.unwrap());
+}
+
+#[cached(skip(cache), cache = cache)]
+async fn describe(cache: &Cache, x: Option<f64>) -> String {
+    match x {
+        None => "none".to_owned(),
+        Some(x) => format!("{x}"),
+    }
+}
+
+#[cached(skip(cache), cache = cache, key = "{x}")]
+async fn describe_readable(cache: &Cache, x: Option<f64>) -> String {
+    match x {
+        None => "none".to_owned(),
+        Some(x) => format!("{x}"),
+    }
+}
+
+async fn non_finite_floats_are_arguments_of_their_own(fx: Fixture) {
+    let cache = fx.cache().await;
+    let values = [
+        None,
+        Some(f64::INFINITY),
+        Some(f64::NEG_INFINITY),
+        Some(f64::NAN),
+        Some(0.0),
+        Some(-0.0),
+    ];
+    let expected = ["none", "inf", "-inf", "NaN", "0", "-0"];
+    // Each call computes its own value; asked again, each reads its own entry.
+    for _ in 0..2 {
+        for (x, want) in values.iter().zip(expected) {
+            assert_eq!(describe(&cache, *x).await, want, "{x:?}");
+            assert_eq!(describe_readable(&cache, *x).await, want, "{x:?}");
+        }
+    }
+    let digest = cache.stats().function("computed:describe");
+    let readable = cache.stats().function("computed:describe_readable");
+    assert_eq!((digest.computations, digest.hits), (6, 6));
+    assert_eq!((readable.computations, readable.hits), (6, 6));
+    assert_eq!(
+        describe_readable_key(&cache, Some(f64::NEG_INFINITY)),
+        "aside:computed:describe_readable:v1.1:~-inf"
+    );
+    if !fx.is_memory() {
+        assert_eq!(fx.all_keys().len(), 12);
+    }
 }

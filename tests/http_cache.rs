@@ -11,7 +11,7 @@ use aside::http::CacheLayer;
 use aside::Cache;
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -65,6 +65,22 @@ impl App {
                 get(language).layer(layer("language").vary(header::ACCEPT_LANGUAGE)),
             )
             .route("/slow", get(slow).layer(layer("slow")))
+            .route("/me", get(me).layer(layer("me")))
+            .route("/me-varied", get(me).layer(layer("me-varied").vary(header::COOKIE)))
+            .route("/news", get(echo).layer(layer("news").allow_cookies()))
+            .route(
+                "/keyed",
+                get(echo).layer(layer("keyed").identifying(HeaderName::from_static("x-api-key"))),
+            )
+            .route("/site", get(site).layer(layer("site")))
+            .route(
+                "/catalogue/{category}",
+                get(echo).layer(layer("catalogue").tags_from(|request| {
+                    let category = request.uri.path().trim_start_matches("/catalogue/");
+                    let raw = percent_decode(category);
+                    vec![aside::tag!("category:{}", raw).unwrap(), format!("raw:{raw}")]
+                })),
+            )
             .with_state(self.clone())
     }
 
@@ -148,6 +164,23 @@ async fn language(State(app): State<App>, headers: HeaderMap) -> Response {
         .map_or("en", |v| v.to_str().unwrap())
         .to_owned();
     ([(header::VARY, "Accept-Language")], language).into_response()
+}
+
+/// The page of the user whose session cookie came with the request.
+async fn me(State(app): State<App>, headers: HeaderMap) -> String {
+    app.runs.fetch_add(1, Ordering::SeqCst);
+    let cookie = headers.get(header::COOKIE).map_or("", |v| v.to_str().unwrap());
+    let user = cookie.strip_prefix("session=").unwrap_or("nobody");
+    format!("the page of {user}")
+}
+
+/// The host the request was for.
+async fn site(State(app): State<App>, headers: HeaderMap) -> String {
+    app.runs.fetch_add(1, Ordering::SeqCst);
+    format!(
+        "site {}",
+        headers.get(header::HOST).map_or("?", |v| v.to_str().unwrap())
+    )
 }
 
 async fn slow(State(app): State<App>) -> String {
@@ -298,8 +331,160 @@ async fn concurrent_requests_run_the_handler_once(fixture: Fixture) {
     assert_eq!(misses, 1, "the one that ran the handler");
 }
 
+/// The path segment as sent, braces decoded.
+fn percent_decode(text: &str) -> String {
+    text.replace("%7B", "{").replace("%7D", "}")
+}
+
+/// A tag from the request with a brace: the route answers uncached, on one node
+/// as on a cluster; values escaped with `aside::tag!` are fine.
+async fn braced_tags_from_requests_pass_uncached(fixture: Fixture) {
+    let app = App::new(&fixture).await;
+    for _ in 0..2 {
+        assert_eq!(app.get("/catalogue/%7Bbooks%7D").await.x_cache(), "MISS");
+    }
+    assert_eq!(app.runs(), 2, "not stored");
+    assert_eq!(app.get("/catalogue/books").await.x_cache(), "MISS");
+    assert_eq!(app.get("/catalogue/books").await.x_cache(), "HIT");
+    let tag = aside::tag!("category:{}", "books").unwrap();
+    assert_eq!(app.cache.invalidate_tag(&tag).await.unwrap(), 1);
+    assert_eq!(app.runs(), 3);
+}
+
+fn with_header(uri: &str, name: HeaderName, value: &str) -> Request<Body> {
+    Request::get(uri).header(name, value).body(Body::empty()).unwrap()
+}
+
+async fn session_cookies_get_their_own_pages(fixture: Fixture) {
+    let app = App::new(&fixture).await;
+    // The route did not opt in: requests with a cookie pass through, uncached.
+    for _ in 0..2 {
+        for user in ["ada", "bob"] {
+            let reply = app
+                .send(with_header("/me", header::COOKIE, &format!("session={user}")))
+                .await;
+            assert_eq!(reply.body, format!("the page of {user}"));
+            assert_eq!(reply.x_cache(), "none", "passed through");
+        }
+    }
+    assert_eq!(app.runs(), 4);
+    assert!(fixture.all_keys().iter().all(|k| !k.starts_with("aside:http:")));
+    // Without a cookie the route is cached as before.
+    assert_eq!(app.get("/me").await.x_cache(), "MISS");
+    assert_eq!(app.get("/me").await.body, "the page of nobody");
+    assert_eq!(app.runs(), 5);
+}
+
+async fn routes_varying_on_cookies_keep_a_page_per_session(fixture: Fixture) {
+    let app = App::new(&fixture).await;
+    for (round, x_cache) in [(0, "MISS"), (1, "HIT")] {
+        for user in ["ada", "bob"] {
+            let reply = app
+                .send(with_header("/me-varied", header::COOKIE, &format!("session={user}")))
+                .await;
+            assert_eq!(
+                (reply.body.as_str(), reply.x_cache()),
+                (format!("the page of {user}").as_str(), x_cache),
+                "round {round}"
+            );
+        }
+    }
+    assert_eq!(app.runs(), 2, "one page per session");
+}
+
+async fn routes_allowing_cookies_share_one_page(fixture: Fixture) {
+    let app = App::new(&fixture).await;
+    let ada = app.send(with_header("/news", header::COOKIE, "session=ada")).await;
+    let bob = app.send(with_header("/news", header::COOKIE, "session=bob")).await;
+    assert_eq!((ada.x_cache(), bob.x_cache()), ("MISS", "HIT"));
+    assert_eq!(ada.body, bob.body);
+    assert_eq!(app.runs(), 1);
+}
+
+async fn identifying_headers_pass_through(fixture: Fixture) {
+    let app = App::new(&fixture).await;
+    for key in ["k1", "k2"] {
+        let reply = app
+            .send(with_header("/keyed", HeaderName::from_static("x-api-key"), key))
+            .await;
+        assert_eq!(reply.x_cache(), "none");
+    }
+    assert_eq!(app.get("/keyed").await.x_cache(), "MISS");
+    assert_eq!(app.get("/keyed").await.x_cache(), "HIT");
+    assert_eq!(app.runs(), 3);
+}
+
+async fn hosts_get_their_own_pages(fixture: Fixture) {
+    let app = App::new(&fixture).await;
+    let a = app.send(with_header("/site", header::HOST, "a.example")).await;
+    let b = app.send(with_header("/site", header::HOST, "b.example")).await;
+    assert_eq!((a.x_cache(), a.body.as_str()), ("MISS", "site a.example"));
+    assert_eq!((b.x_cache(), b.body.as_str()), ("MISS", "site b.example"));
+    let again = app.send(with_header("/site", header::HOST, "A.Example")).await;
+    assert_eq!(
+        (again.x_cache(), again.body.as_str()),
+        ("HIT", "site a.example"),
+        "host names are case-insensitive"
+    );
+    let absolute = app
+        .send(Request::get("http://b.example/site").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!((absolute.x_cache(), absolute.body.as_str()), ("HIT", "site b.example"));
+    assert_eq!(app.runs(), 2);
+}
+
+async fn stored_etags_answer_if_none_match(fixture: Fixture) {
+    let app = App::new(&fixture).await;
+    // Cold, with a validator: the route runs for the cache, the entry is whole.
+    let cold = app
+        .send(with_header("/revenue?month=11", header::IF_NONE_MATCH, "\"r1\""))
+        .await;
+    assert_eq!((cold.status, cold.x_cache()), (StatusCode::NOT_MODIFIED, "MISS"));
+    assert_eq!(
+        (cold.body.as_str(), cold.headers["etag"].to_str().unwrap()),
+        ("", "\"r1\"")
+    );
+    let full = app.get("/revenue?month=11").await;
+    assert_eq!((full.status, full.x_cache()), (StatusCode::OK, "HIT"));
+    assert_eq!(full.body, r#"{"month":11,"cents":100}"#);
+    for (validator, status) in [
+        ("\"r1\"", StatusCode::NOT_MODIFIED),
+        ("W/\"r1\"", StatusCode::NOT_MODIFIED),
+        ("\"r0\", \"r1\"", StatusCode::NOT_MODIFIED),
+        ("*", StatusCode::NOT_MODIFIED),
+        ("\"r2\"", StatusCode::OK),
+    ] {
+        let reply = app
+            .send(with_header("/revenue?month=11", header::IF_NONE_MATCH, validator))
+            .await;
+        assert_eq!((reply.status, reply.x_cache()), (status, "HIT"), "{validator}");
+        assert_eq!(reply.body.is_empty(), status == StatusCode::NOT_MODIFIED, "{validator}");
+    }
+    assert_eq!(app.runs(), 1);
+
+    // A route without an ETag gets a strong one of its body.
+    let first = app.get("/echo?x=1").await;
+    let etag = first.headers["etag"].to_str().unwrap().to_owned();
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"') && etag.len() > 10,
+        "{etag}"
+    );
+    let unchanged = app.send(with_header("/echo?x=1", header::IF_NONE_MATCH, &etag)).await;
+    assert_eq!(unchanged.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(unchanged.headers["etag"], etag.as_str());
+    // Its body changes after an invalidation, and so does its ETag.
+    app.cache.invalidate_tag("orders").await.unwrap();
+    let changed = app.send(with_header("/echo?x=1", header::IF_NONE_MATCH, &etag)).await;
+    assert_eq!((changed.status, changed.x_cache()), (StatusCode::OK, "MISS"));
+    assert_ne!(changed.body, first.body);
+    assert_ne!(changed.headers["etag"], etag.as_str());
+}
+
 on_backends!([memory, redis, cluster]
     miss_then_hit_with_age,
+    session_cookies_get_their_own_pages,
+    hosts_get_their_own_pages,
+    braced_tags_from_requests_pass_uncached,
     writes_invalidate_by_tag,
 );
 
@@ -310,4 +495,8 @@ on_backends!([memory, redis]
     requests_with_credentials_bypass,
     chosen_headers_are_in_the_key,
     concurrent_requests_run_the_handler_once,
+    routes_varying_on_cookies_keep_a_page_per_session,
+    routes_allowing_cookies_share_one_page,
+    identifying_headers_pass_through,
+    stored_etags_answer_if_none_match,
 );

@@ -4,6 +4,9 @@
 //!   structure (`:`, globs, hash-slot braces, white space, non-ASCII) or make
 //!   two different calls share a key — for readable `key = "..."` templates,
 //!   for digested arguments, and for templated tags;
+//! - distinct argument values of many types (integers, strings with separators
+//!   and escapes, floats with the non-finite ones and `-0.0`, options, vectors,
+//!   tuples, structs, enums) never share a key, on the digest and the template path;
 //! - stored bytes: whatever bytes sit under a key in Redis, reading them is a
 //!   value or a miss, never an error or a panic, and a cached call returns its
 //!   own computation when they do not decode (guarantee 8).
@@ -144,6 +147,168 @@ proptest! {
         prop_assert!(!ta[0]["t:".len()..].chars().any(forging_char), "{:?}", ta);
         prop_assert_ne!(ta, tb);
     }
+}
+
+/// The digest key and the template key of one argument value.
+fn both_keys<T: Serialize>(cache: &Cache, value: &T) -> (String, String) {
+    let digest = cache
+        .full_key(Key::digest("p", "n", 1, &(value,)))
+        .expect("a digest key");
+    let template = cache
+        .full_key(Key::template("p", "n", 1, [Piece::value(value)]))
+        .expect("a template key");
+    (digest, template)
+}
+
+/// Two values are the same argument when their `Debug` texts are: every NaN is
+/// one value (printed `NaN`), `0.0` and `-0.0` are two.
+fn assert_distinct_keys<T: Serialize + std::fmt::Debug>(a: &T, b: &T) -> Result<(), TestCaseError> {
+    if format!("{a:?}") == format!("{b:?}") {
+        return Ok(());
+    }
+    let cache = memory_cache();
+    let (da, ta) = both_keys(&cache, a);
+    let (db, tb) = both_keys(&cache, b);
+    prop_assert_ne!(da, db, "digest keys of {:?} and {:?}", a, b);
+    prop_assert_ne!(ta, tb, "template keys of {:?} and {:?}", a, b);
+    Ok(())
+}
+
+/// Floats, the ones JSON cannot write included.
+fn float() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        any::<f64>(),
+        Just(f64::NAN),
+        Just(-f64::NAN),
+        Just(f64::INFINITY),
+        Just(f64::NEG_INFINITY),
+        Just(0.0),
+        Just(-0.0),
+        Just(1.0),
+        Just(f64::MIN_POSITIVE),
+        Just(f64::MAX),
+    ]
+}
+
+/// Text full of separators, escapes and the characters rendering gives meaning to.
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z:%~{}*\\\\\"' .-]{0,6}",
+        Just("~".to_owned()),
+        Just("null".to_owned()),
+        any::<String>()
+    ]
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct Args {
+    id: u32,
+    ratio: f64,
+    name: Option<String>,
+    weights: Vec<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+enum Shape {
+    Point,
+    Circle(f64),
+    Rect { w: f64, h: Option<f64> },
+}
+
+fn args() -> impl Strategy<Value = Args> {
+    (any::<u32>(), float(), proptest::option::of(text()), vec(float(), 0..3)).prop_map(|(id, ratio, name, weights)| {
+        Args {
+            id,
+            ratio,
+            name,
+            weights,
+        }
+    })
+}
+
+fn shape() -> impl Strategy<Value = Shape> {
+    prop_oneof![
+        Just(Shape::Point),
+        float().prop_map(Shape::Circle),
+        (float(), proptest::option::of(float())).prop_map(|(w, h)| Shape::Rect { w, h }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    #[test]
+    fn distinct_floats_get_distinct_keys(a in float(), b in float()) {
+        assert_distinct_keys(&a, &b)?;
+        assert_distinct_keys(&(a as f32), &(b as f32))?;
+    }
+
+    #[test]
+    fn distinct_optional_floats_get_distinct_keys(
+        a in proptest::option::of(float()),
+        b in proptest::option::of(float()),
+    ) {
+        assert_distinct_keys(&a, &b)?;
+    }
+
+    #[test]
+    fn distinct_integers_get_distinct_keys(a in any::<i64>(), b in any::<i64>(), c in any::<u8>(), d in any::<u8>()) {
+        assert_distinct_keys(&a, &b)?;
+        assert_distinct_keys(&c, &d)?;
+        assert_distinct_keys(&Some(a), &Some(b))?;
+    }
+
+    #[test]
+    fn distinct_texts_get_distinct_keys(a in text(), b in text()) {
+        assert_distinct_keys(&a, &b)?;
+        assert_distinct_keys(&Some(a.clone()), &None)?;
+        assert_distinct_keys(&vec![a], &vec![b])?;
+    }
+
+    #[test]
+    fn distinct_vectors_and_tuples_get_distinct_keys(
+        a in vec(proptest::option::of(float()), 0..4),
+        b in vec(proptest::option::of(float()), 0..4),
+        x in (text(), float(), any::<bool>()),
+        y in (text(), float(), any::<bool>()),
+    ) {
+        assert_distinct_keys(&a, &b)?;
+        assert_distinct_keys(&x, &y)?;
+    }
+
+    #[test]
+    fn distinct_structs_and_enums_get_distinct_keys(a in args(), b in args(), s in shape(), t in shape()) {
+        assert_distinct_keys(&a, &b)?;
+        assert_distinct_keys(&s, &t)?;
+        assert_distinct_keys(&(a, s), &(b, t))?;
+    }
+}
+
+/// The values issue 11 measured sharing one entry, each pair checked outright.
+#[test]
+fn non_finite_floats_and_none_never_share_a_key() {
+    let values = [
+        None,
+        Some(f64::INFINITY),
+        Some(f64::NEG_INFINITY),
+        Some(f64::NAN),
+        Some(0.0),
+        Some(-0.0),
+    ];
+    let cache = memory_cache();
+    let keys: Vec<_> = values.iter().map(|v| both_keys(&cache, v)).collect();
+    for (i, a) in keys.iter().enumerate() {
+        for (j, b) in keys.iter().enumerate().skip(i + 1) {
+            assert_ne!(a.0, b.0, "digest: {:?} and {:?}", values[i], values[j]);
+            assert_ne!(a.1, b.1, "template: {:?} and {:?}", values[i], values[j]);
+        }
+    }
+    // Bare floats too, as `f(x: f64)` digests them.
+    let bare: HashSet<String> = [f64::INFINITY, f64::NEG_INFINITY, f64::NAN]
+        .iter()
+        .map(|v| cache.full_key(Key::digest("p", "n", 1, &(v,))).unwrap())
+        .collect();
+    assert_eq!(bare.len(), 3);
 }
 
 /// Many values at once: no two of a few thousand arbitrary strings share a key.

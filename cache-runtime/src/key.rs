@@ -11,6 +11,12 @@
 //! other than ASCII letters, digits, `-`, `_` and `.` is percent-encoded, so a
 //! value can never produce `:`, `*`, `?`, `[`, `{`, `}`, `%` or white space of its
 //! own. `null` renders as `~`, which no escaped string can produce.
+//!
+//! Floats JSON cannot write get values of their own at every depth: `NaN`, `inf`
+//! and `-inf` digest as the objects `{"$aside:float":"nan"}` (`"inf"`, `"-inf"`)
+//! and render as `~nan`, `~inf` and `~-inf`, so `f(f64::NAN)`, `f(f64::INFINITY)`
+//! and `f(None)` never share an entry. `-0.0` is written `-0.0`, apart from `0.0`.
+//! Every other value is written exactly as `serde_json` writes it.
 
 use std::borrow::Cow;
 
@@ -19,6 +25,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+
+mod floats;
+use floats::Tagged;
 
 /// Bytes of a rendered value left as they are; everything else is percent-encoded.
 const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
@@ -103,6 +112,10 @@ impl Key {
     }
 
     /// A function's key whose argument segment is the concatenation of `pieces`.
+    ///
+    /// `{` and `}` are reserved for hash slots: a literal piece containing one
+    /// makes the key fail with [`Error::Key`] when used (values are escaped, so
+    /// they never bring one).
     pub fn template(
         prefix: impl Into<Cow<'static, str>>,
         name: impl Into<Cow<'static, str>>,
@@ -220,7 +233,8 @@ impl From<&Key> for Key {
     }
 }
 
-/// Joins template pieces, or says which value failed to render.
+/// Joins template pieces, or says which value failed to render, or that the text
+/// has hash-slot braces (only a literal can bring them: values are escaped).
 pub(crate) fn concat(pieces: impl IntoIterator<Item = Piece>) -> std::result::Result<String, String> {
     let mut text = String::new();
     for piece in pieces {
@@ -230,6 +244,7 @@ pub(crate) fn concat(pieces: impl IntoIterator<Item = Piece>) -> std::result::Re
             Piece::Value(Err(problem)) => return Err(problem),
         }
     }
+    crate::tags::check("a key template or tag", &text)?;
     Ok(text)
 }
 
@@ -247,14 +262,33 @@ pub fn short_type_name<T: ?Sized>() -> &'static str {
 ///
 /// [`Error::Key`] when the value does not serialize to JSON.
 pub fn render_value<T: Serialize + ?Sized>(value: &T) -> Result<String> {
-    let value = serde_json::to_value(value).map_err(|e| Error::Key(e.to_string()))?;
-    Ok(match value {
+    let tagged = serde_json::to_value(Tagged(value)).map_err(|e| Error::Key(e.to_string()))?;
+    Ok(match tagged {
         Value::Null => "~".to_owned(),
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => escape(&n.to_string()),
         Value::String(s) => escape(&s),
-        other => escape(&canonical_text(other)),
+        other => match non_finite(&other, value) {
+            Some(name) => format!("~{name}"),
+            None => escape(&canonical_text(other)),
+        },
     })
+}
+
+/// The name of the float `value` is, when it is one JSON cannot write (`tagged`
+/// is then its tagged object, and untagged it is `null`; a map that merely looks
+/// like the tag stays a map).
+fn non_finite<T: Serialize + ?Sized>(tagged: &Value, value: &T) -> Option<&'static str> {
+    let Value::Object(map) = tagged else {
+        return None;
+    };
+    let Some(Value::String(name)) = map.get(floats::FIELD) else {
+        return None;
+    };
+    if map.len() != 1 || !matches!(serde_json::to_value(value), Ok(Value::Null)) {
+        return None;
+    }
+    ["nan", "inf", "-inf"].into_iter().find(|known| known == name)
 }
 
 /// Percent-encodes everything but ASCII letters, digits, `-`, `_` and `.`.
@@ -266,11 +300,11 @@ pub fn escape(text: &str) -> String {
 pub(crate) fn canonical_json<T: Serialize + ?Sized>(value: &T) -> Result<String> {
     // JSON without a `{` has no object whose keys could be out of order: it is
     // canonical as written, which spares building a `Value` on every call.
-    let direct = serde_json::to_string(value).map_err(|e| Error::Key(e.to_string()))?;
+    let direct = serde_json::to_string(&Tagged(value)).map_err(|e| Error::Key(e.to_string()))?;
     if !direct.contains('{') {
         return Ok(direct);
     }
-    let value = serde_json::to_value(value).map_err(|e| Error::Key(e.to_string()))?;
+    let value = serde_json::to_value(Tagged(value)).map_err(|e| Error::Key(e.to_string()))?;
     Ok(canonical_text(value))
 }
 
@@ -387,6 +421,66 @@ mod tests {
         assert_eq!(render_value(&11).unwrap(), "11");
         assert_eq!(render_value(&-1.5).unwrap(), "-1.5");
         assert_eq!(render_value(&true).unwrap(), "true");
+    }
+
+    #[test]
+    fn non_finite_floats_have_values_of_their_own() {
+        assert_eq!(
+            canonical_json(&(
+                f64::NAN,
+                f64::INFINITY,
+                f32::NEG_INFINITY,
+                Option::<f64>::None,
+                -0.0,
+                0.0
+            ))
+            .unwrap(),
+            r#"[{"$aside:float":"nan"},{"$aside:float":"inf"},{"$aside:float":"-inf"},null,-0.0,0.0]"#
+        );
+        assert_eq!(render_value(&f64::NAN).unwrap(), "~nan");
+        assert_eq!(render_value(&Some(f64::INFINITY)).unwrap(), "~inf");
+        assert_eq!(render_value(&f32::NEG_INFINITY).unwrap(), "~-inf");
+        assert_eq!(render_value(&-0.0).unwrap(), "-0.0");
+        assert_eq!(render_value(&0.0).unwrap(), "0.0");
+        // Nested: the tagged object inside canonical JSON, escaped.
+        assert_eq!(
+            render_value(&[f64::NAN]).unwrap(),
+            escape(r#"[{"$aside:float":"nan"}]"#)
+        );
+        // A map that merely looks like the tag is a map.
+        let mut lookalike = std::collections::BTreeMap::new();
+        lookalike.insert("$aside:float", "nan");
+        assert_eq!(render_value(&lookalike).unwrap(), escape(r#"{"$aside:float":"nan"}"#));
+    }
+
+    #[test]
+    fn finite_values_are_written_as_serde_json_writes_them() {
+        #[derive(serde::Serialize)]
+        struct S {
+            b: Vec<Option<f32>>,
+            a: (u64, i8, char, &'static str),
+        }
+        #[derive(serde::Serialize)]
+        enum E {
+            Unit,
+            New(f64),
+            Tuple(u8, f64),
+            Struct { x: f64 },
+        }
+        let value = (
+            S {
+                b: vec![Some(1.5), None, Some(-0.0)],
+                a: (u64::MAX, -3, '"', "a\\b\n"),
+            },
+            [E::Unit, E::New(2.5), E::Tuple(1, 1e300), E::Struct { x: -1e-300 }],
+            serde_json::json!({"z": [1.0, {"y": null}], "a": "\u{0}"}),
+        );
+        let plain = canonical_text(serde_json::to_value(&value).unwrap());
+        assert_eq!(canonical_json(&value).unwrap(), plain);
+        assert_eq!(
+            canonical_json(&(1.5, "x", u128::MAX)).unwrap(),
+            serde_json::to_string(&(1.5, "x", u128::MAX)).unwrap()
+        );
     }
 
     #[test]

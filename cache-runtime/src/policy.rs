@@ -114,13 +114,29 @@ impl Policy {
     }
 
     /// Tags recorded with the entry, for [`invalidate_tag`](crate::Cache::invalidate_tag).
+    ///
+    /// Tags are exact text. `{` and `}` are reserved (in a Redis Cluster they would
+    /// split a tag's bookkeeping over two hash slots): a policy with such a tag
+    /// computes every call without the cache — on every backend alike — logged at
+    /// `warn` and counted as a backend error. Build tags holding values with
+    /// [`tag!`](crate::tag), which escapes them.
+    ///
+    /// ```
+    /// use cache_runtime::Policy;
+    /// let policy = Policy::default().tags(["orders", "region:eu"]);
+    /// assert_eq!(policy.tag_list(), ["orders", "region:eu"]);
+    /// ```
     pub fn tags<T: Into<String>>(mut self, tags: impl IntoIterator<Item = T>) -> Policy {
         self.tags = tags.into_iter().map(Into::into).collect();
+        if let Some(problem) = self.tags.iter().find_map(|tag| crate::tags::check("a tag", tag).err()) {
+            self.unusable.get_or_insert(problem);
+        }
         self
     }
 
     /// Adds one tag rendered from a template: literal text and escaped argument
-    /// values, as `tags = ["region:{region}"]` writes it.
+    /// values, as `tags = ["region:{region}"]` writes it. Literal text with `{` or
+    /// `}` makes the policy unusable, as in [`tags`](Policy::tags).
     ///
     /// ```
     /// use cache_runtime::{key::Piece, Policy};
@@ -201,6 +217,17 @@ pub(crate) fn clamp(ttl: Duration, ceiling: Duration) -> Clamped {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn braced_tags_make_the_policy_unusable() {
+        assert_eq!(Policy::default().tags(["orders", "region:eu"]).unusable(), None);
+        assert!(Policy::default().tags(["orders", "region:{eu}"]).unusable().is_some());
+        let templated = Policy::default().tag([crate::key::Piece::Lit("{r}:"), crate::key::Piece::value("eu")]);
+        assert!(templated.unusable().is_some());
+        let escaped = Policy::default().tag([crate::key::Piece::Lit("r:"), crate::key::Piece::value("{eu}")]);
+        assert_eq!(escaped.unusable(), None);
+        assert_eq!(escaped.tag_list(), ["r:%7Beu%7D"]);
+    }
 
     #[test]
     fn clamping() {

@@ -62,3 +62,5 @@ digests! {
     digest_5(a: A, b: B, c: C, d: D, e: E) "[`Key::digest`] of five key arguments.";
     digest_6(a: A, b: B, c: C, d: D, e: E, f: F) "[`Key::digest`] of six key arguments.";
 }
+
+pub use crate::tags::{check_template as check_tag_template, render as render_tag};

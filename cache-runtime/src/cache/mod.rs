@@ -467,8 +467,11 @@ impl Cache {
     ///
     /// # Errors
     ///
-    /// Backend failures and timeouts.
+    /// Backend failures and timeouts, and [`Error::Key`] for a tag with `{` or `}`,
+    /// which no entry can carry (see [`Policy::tags`]; [`tag!`](crate::tag) builds
+    /// tags with escaped values).
     pub async fn invalidate_tag(&self, tag: &str) -> Result<u64> {
+        crate::tags::check("the tag", tag).map_err(Error::Key)?;
         let tag_key = tags::tag_key(&self.settings().namespace, tag);
         let removed = self.store().invalidate_tag(&tag_key).await?;
         self.announce(InvalidationKind::Tag, tag.to_owned(), removed);

@@ -8,20 +8,33 @@
 //! protection), tags and [`Cache::invalidate_tag`], the TTL ceiling, fail-open.
 //!
 //! - **Key**: `{namespace}:http:{name}:v{key_version}.{version}:{digest}`, the
-//!   digest ([`Key::digest`]) of the method, the path, the query string's pairs
-//!   sorted by name (the order of repeated names kept) and the values of the
-//!   headers chosen with [`CacheLayer::vary`]. `?b=2&a=1` and `?a=1&b=2` share an entry.
-//! - **Stored**: only `2xx` responses without `Set-Cookie`, without
+//!   digest ([`Key::digest`]) of the method, the host (the URI's authority, else
+//!   `Host`, lowercased), the path, the query string's pairs sorted by name (the
+//!   order of repeated names kept) and the values of the headers chosen with
+//!   [`CacheLayer::vary`]. `?b=2&a=1` and `?a=1&b=2` share an entry; `a.example`
+//!   and `b.example` do not.
+//! - **Passed through untouched** (safe by default): requests other than `GET`,
+//!   `Range` requests, and requests carrying a header that identifies a user —
+//!   `Authorization`, `Cookie`, and any named with [`CacheLayer::identifying`] —
+//!   unless the route keys on it with [`CacheLayer::vary`] (one entry per value:
+//!   per session, per credential) or, for `Cookie`, says with
+//!   [`CacheLayer::allow_cookies`] that its answer is the same for everyone. A
+//!   shared cache never hands one user's answer to another.
+//! - **Stored**: only `2xx` responses (not `206`) without `Set-Cookie`, without
 //!   `Cache-Control: no-store`, `private` or `no-cache`, and without a `Vary` on a
 //!   header outside the key. The status, the headers (less hop-by-hop ones and
 //!   `Content-Length`) and the body bytes are kept; bodies count against
 //!   `CACHE_MAX_VALUE_SIZE` in base64 (a larger response is served, not stored).
-//! - **Passed through untouched**: requests other than `GET`, and requests with an
-//!   `Authorization` header (a shared cache must not hand one user's answer to another).
+//! - **Validators**: a stored response always has an `ETag` — the route's, or a
+//!   strong one made from the body's 128-bit xxh3 when the route gave none. A
+//!   request whose `If-None-Match` matches it (weak comparison, `*` included) gets
+//!   `304 Not Modified` without a body. The route itself always sees the request
+//!   without `If-None-Match` and `If-Modified-Since`: it answers for the cache, in full.
 //! - **Headers**: every response of a cached route carries `X-Cache: HIT` (from the
 //!   cache, including answers computed by a concurrent request) or `X-Cache: MISS`
 //!   (the route ran for this request), and a stored response carries `Age` (whole
-//!   seconds since it was stored; `0` on a miss).
+//!   seconds since it was stored; `0` on a miss). Responses passed through carry
+//!   no `X-Cache`.
 //! - **Statistics** are kept under the function `http:{name}`.
 //!
 //! ```
@@ -35,7 +48,9 @@
 //! let revenue_cache = CacheLayer::new(cache.clone())
 //!     .name("revenue")
 //!     .ttl(Duration::from_secs(60))
-//!     .tags(["orders"]);
+//!     .tags(["orders"])
+//!     // The same figures for every signed-in user: cache despite their cookies.
+//!     .allow_cookies();
 //! # let _ = revenue_cache;
 //! # Ok(()) }
 //! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
@@ -117,6 +132,8 @@ struct Route {
     tags: Vec<String>,
     tags_from: Option<Arc<TagsFn>>,
     vary: Vec<HeaderName>,
+    identifying: Vec<HeaderName>,
+    allow_cookies: bool,
 }
 
 impl fmt::Debug for CacheLayer {
@@ -146,6 +163,8 @@ impl CacheLayer {
                 tags: Vec::new(),
                 tags_from: None,
                 vary: Vec::new(),
+                identifying: vec![header::AUTHORIZATION, header::COOKIE],
+                allow_cookies: false,
             }),
         }
     }
@@ -180,12 +199,17 @@ impl CacheLayer {
     }
 
     /// Tags of every stored response of the route, for [`Cache::invalidate_tag`].
+    /// A tag with `{` or `}` is refused (see [`Policy::tags`]): the route then
+    /// answers every request uncached, on every backend alike; build tags holding
+    /// values with [`tag!`](crate::tag).
     pub fn tags<T: Into<String>>(self, tags: impl IntoIterator<Item = T>) -> CacheLayer {
         self.with(|route| route.tags = tags.into_iter().map(Into::into).collect())
     }
 
     /// More tags computed from each request (its method, URI and headers), for
-    /// example one per resource id of the path.
+    /// example one per resource id of the path. As for [`tags`](CacheLayer::tags),
+    /// a tag with `{` or `}` makes that request pass uncached; escape values from
+    /// the request with [`tag!`](crate::tag).
     pub fn tags_from(self, tags: impl Fn(&request::Parts) -> Vec<String> + Send + Sync + 'static) -> CacheLayer {
         self.with(|route| route.tags_from = Some(Arc::new(tags)))
     }
@@ -195,6 +219,88 @@ impl CacheLayer {
     /// `Vary` on a header not added here is not stored.
     pub fn vary(self, header: HeaderName) -> CacheLayer {
         self.with(|route| route.vary.push(header))
+    }
+
+    /// Names a request header that identifies a user (an API key, a tenant's
+    /// token): requests carrying it pass through uncached, unless the route also
+    /// [`vary`](CacheLayer::vary)s on it. `Authorization` and `Cookie` are always
+    /// identifying.
+    ///
+    /// ```
+    /// # async fn demo() -> cache_runtime::Result<()> {
+    /// use std::convert::Infallible;
+    /// use std::future::{poll_fn, ready, Ready};
+    /// use std::task::{Context, Poll};
+    /// use std::time::Duration;
+    ///
+    /// use bytes::Bytes;
+    /// use cache_runtime::{http::CacheLayer, Cache};
+    /// use http::header::{HeaderName, COOKIE};
+    /// use http::{Request, Response};
+    /// use http_body_util::{BodyExt as _, Full};
+    /// use tower_layer::Layer as _;
+    /// use tower_service::Service;
+    ///
+    /// /// A page naming the session it was made for.
+    /// #[derive(Clone)]
+    /// struct Page;
+    /// impl Service<Request<()>> for Page {
+    ///     type Response = Response<Full<Bytes>>;
+    ///     type Error = Infallible;
+    ///     type Future = Ready<Result<Self::Response, Infallible>>;
+    ///     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    ///         Poll::Ready(Ok(()))
+    ///     }
+    ///     fn call(&mut self, request: Request<()>) -> Self::Future {
+    ///         let who = request.headers().get(COOKIE).map_or("nobody".into(), |c| format!("{c:?}"));
+    ///         ready(Ok(Response::new(Full::from(format!("page of {who}")))))
+    ///     }
+    /// }
+    ///
+    /// let cache = Cache::builder().memory().build().await?;
+    /// let api_key = HeaderName::from_static("x-api-key");
+    /// let layers = [
+    ///     CacheLayer::new(cache.clone()).name("me"),
+    ///     CacheLayer::new(cache.clone()).name("mine").vary(COOKIE),
+    ///     CacheLayer::new(cache.clone()).name("public").allow_cookies(),
+    ///     CacheLayer::new(cache).name("keyed").identifying(api_key.clone()),
+    /// ];
+    /// let mut bodies = Vec::new();
+    /// for layer in layers {
+    ///     let mut service = layer.layer(Page);
+    ///     for (name, value) in [(COOKIE, "id=ada"), (COOKIE, "id=bob"), (api_key.clone(), "k1")] {
+    ///         let request = Request::get("/me").header(name, value).body(()).unwrap();
+    ///         poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
+    ///         let response = service.call(request).await.unwrap();
+    ///         let x_cache = response.headers().get("x-cache").map_or("none", |v| v.to_str().unwrap()).to_owned();
+    ///         let body = response.into_body().collect().await.unwrap().to_bytes();
+    ///         bodies.push(format!("{x_cache} {}", String::from_utf8_lossy(&body)));
+    ///     }
+    /// }
+    /// assert_eq!(bodies, [
+    ///     // By default, cookies pass through: each user gets their own page.
+    ///     "none page of \"id=ada\"", "none page of \"id=bob\"", "MISS page of nobody",
+    ///     // `vary(COOKIE)`: a page per session, cached.
+    ///     "MISS page of \"id=ada\"", "MISS page of \"id=bob\"", "MISS page of nobody",
+    ///     // `allow_cookies()`: one page for everyone (the route must not read the cookie).
+    ///     "MISS page of \"id=ada\"", "HIT page of \"id=ada\"", "HIT page of \"id=ada\"",
+    ///     // An identifying header of one's own passes through like a cookie.
+    ///     "none page of \"id=ada\"", "none page of \"id=bob\"", "none page of nobody",
+    /// ]);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub fn identifying(self, header: HeaderName) -> CacheLayer {
+        self.with(|route| route.identifying.push(header))
+    }
+
+    /// Caches requests that carry a `Cookie` as if they had none: one response for
+    /// every user. For routes whose answer does not depend on who asks (a public
+    /// report behind a site that sets session cookies). Without it, or a
+    /// [`vary`](CacheLayer::vary)`(COOKIE)`, requests with cookies pass through
+    /// (see the example of [`identifying`](CacheLayer::identifying)).
+    pub fn allow_cookies(self) -> CacheLayer {
+        self.with(|route| route.allow_cookies = true)
     }
 }
 
@@ -258,15 +364,22 @@ where
         // The clone is the one that is not ready yet; the ready one handles this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if request.method() != Method::GET || request.headers().contains_key(header::AUTHORIZATION) {
+        if self.route.passes_through(&request) {
             return Box::pin(async move { Ok(inner.call(request).await?.map(Either::Right)) });
         }
         let cache = self.cache.clone();
         let route = Arc::clone(&self.route);
         Box::pin(async move {
-            let (parts, body) = request.into_parts();
+            let (mut parts, body) = request.into_parts();
             let key = route.key(&parts);
             let policy = route.policy_for(&parts);
+            // The route answers for the cache, so in full: the client's validators
+            // are checked here, against the stored response.
+            let if_none_match: Vec<HeaderValue> =
+                parts.headers.get_all(header::IF_NONE_MATCH).iter().cloned().collect();
+            for conditional in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+                parts.headers.remove(conditional);
+            }
             let request = Request::from_parts(parts, body);
             let ran = AtomicBool::new(false);
             let vary = &route.vary;
@@ -292,7 +405,12 @@ where
             match result {
                 Ok(stored) => {
                     let x_cache = if ran.load(Ordering::Relaxed) { "MISS" } else { "HIT" };
-                    Ok(stored.to_response(x_cache).map(Either::Left))
+                    let response = if stored.matches(&if_none_match) {
+                        stored.not_modified(x_cache)
+                    } else {
+                        stored.to_response(x_cache)
+                    };
+                    Ok(response.map(Either::Left))
                 }
                 Err(Bypass::Response(mut response)) => {
                     response
@@ -315,12 +433,26 @@ where
 #[derive(Serialize)]
 struct RequestKey<'a> {
     method: &'a str,
+    host: Option<String>,
     path: &'a str,
     query: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     headers: Vec<(&'a str, Vec<&'a [u8]>)>,
 }
 
 impl Route {
+    /// Whether `request` goes to the route untouched: not a `GET`, a `Range`
+    /// request, or one carrying an identifying header the route does not key on.
+    fn passes_through<B>(&self, request: &Request<B>) -> bool {
+        let headers = request.headers();
+        request.method() != Method::GET
+            || headers.contains_key(header::RANGE)
+            || self.identifying.iter().any(|name| {
+                headers.contains_key(name)
+                    && !self.vary.contains(name)
+                    && !(self.allow_cookies && name == header::COOKIE)
+            })
+    }
+
     fn key(&self, parts: &request::Parts) -> Key {
         let mut query: Vec<_> = parts
             .uri
@@ -337,8 +469,17 @@ impl Route {
                 (name.as_str(), values)
             })
             .collect();
+        // The authority of an absolute URI (HTTP/2's `:authority`), else `Host`;
+        // host names are case-insensitive.
+        let host = parts
+            .uri
+            .authority()
+            .map(|authority| authority.as_str().as_bytes())
+            .or_else(|| parts.headers.get(header::HOST).map(HeaderValue::as_bytes))
+            .map(|host| String::from_utf8_lossy(host).to_ascii_lowercase());
         let key = RequestKey {
             method: parts.method.as_str(),
+            host,
             path: parts.uri.path(),
             query,
             headers,

@@ -104,6 +104,9 @@ impl Stored {
                 headers.append(name.clone(), value.clone());
             }
         }
+        if !headers.contains_key(header::ETAG) {
+            headers.insert(header::ETAG, body_etag(&body));
+        }
         Stored {
             status: parts.status,
             headers,
@@ -112,26 +115,94 @@ impl Stored {
         }
     }
 
+    /// Whether the `If-None-Match` values of a request match the stored `ETag`
+    /// (the weak comparison RFC 9110 prescribes for `If-None-Match`; `*` matches).
+    pub(crate) fn matches(&self, if_none_match: &[HeaderValue]) -> bool {
+        let Some(etag) = self.headers.get(header::ETAG).and_then(|etag| etag.to_str().ok()) else {
+            return false;
+        };
+        let etag = opaque(etag.trim());
+        if_none_match
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .any(|value| value.trim() == "*" || entity_tags(value).any(|tag| tag == etag))
+    }
+
+    /// `304 Not Modified` for a request whose validator matched: no body, and of
+    /// the stored headers those RFC 9110 asks a 304 to repeat.
+    pub(crate) fn not_modified(&self, x_cache: &'static str) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::default());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        for name in [
+            header::ETAG,
+            header::CACHE_CONTROL,
+            header::EXPIRES,
+            header::VARY,
+            header::CONTENT_LOCATION,
+            header::DATE,
+        ] {
+            for value in self.headers.get_all(&name) {
+                response.headers_mut().append(name.clone(), value.clone());
+            }
+        }
+        self.stamp(&mut response, x_cache);
+        response
+    }
+
     /// The response to send, with `X-Cache` and `Age` set.
     pub(crate) fn to_response(&self, x_cache: &'static str) -> Response<Full<Bytes>> {
         let mut response = Response::new(Full::new(self.body.clone()));
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers.clone();
+        self.stamp(&mut response, x_cache);
+        response
+    }
+
+    /// Sets `Age` and `X-Cache`.
+    fn stamp(&self, response: &mut Response<Full<Bytes>>, x_cache: &'static str) {
         let age = now_ms().saturating_sub(self.stored_at_ms) / 1000;
         response.headers_mut().insert(header::AGE, HeaderValue::from(age));
         response.headers_mut().insert(
             HeaderName::from_static(super::X_CACHE),
             HeaderValue::from_static(x_cache),
         );
-        response
     }
 }
 
-/// Whether a response may be stored: a 2xx status, no `Set-Cookie`, no
+/// A strong `ETag` for a response the route gave none: the xxh3-128 of its body.
+fn body_etag(body: &[u8]) -> HeaderValue {
+    let digest = xxhash_rust::xxh3::xxh3_128(body);
+    HeaderValue::from_str(&format!("\"{digest:032x}\"")).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+}
+
+/// An entity tag without its weakness marker: `W/"x"` and `"x"` are `"x"`.
+fn opaque(tag: &str) -> &str {
+    tag.strip_prefix("W/").unwrap_or(tag)
+}
+
+/// The entity tags of an `If-None-Match` value (`"a", W/"b"`), each with its
+/// quotes and without `W/`; commas inside quotes do not split.
+fn entity_tags(value: &str) -> impl Iterator<Item = &str> {
+    let mut rest = value;
+    std::iter::from_fn(move || {
+        rest = rest.trim_start_matches(|c: char| c == ',' || c.is_ascii_whitespace());
+        let tag = opaque(rest);
+        let after_quote = tag.strip_prefix('"')?;
+        let end = after_quote.find('"')? + 2;
+        let (found, tail) = tag.split_at(end);
+        rest = tail;
+        Some(found)
+    })
+}
+
+/// Whether a response may be stored: a 2xx status other than `206`, no `Set-Cookie`, no
 /// `Cache-Control` `no-store`, `private` or `no-cache`, no `Vary` beyond the
 /// headers in the key (`vary`), and header values that are text.
 pub(crate) fn storable(parts: &response::Parts, vary: &[HeaderName]) -> bool {
-    if !parts.status.is_success() || parts.headers.contains_key(header::SET_COOKIE) {
+    if !parts.status.is_success()
+        || parts.status == StatusCode::PARTIAL_CONTENT
+        || parts.headers.contains_key(header::SET_COOKIE)
+    {
         return false;
     }
     let forbids = parts.headers.get_all(header::CACHE_CONTROL).iter().any(|value| {
@@ -210,6 +281,35 @@ mod tests {
             &parts(|b| b.status(200).header("vary", "Accept-Language")),
             &language
         ));
+    }
+
+    #[test]
+    fn if_none_match_uses_the_weak_comparison() {
+        let stored = Stored::capture(&parts(|b| b.header("etag", "W/\"v,1\"")), Bytes::from_static(b"x"));
+        let matches = |value: &'static str| stored.matches(&[HeaderValue::from_static(value)]);
+        assert!(matches("\"v,1\""));
+        assert!(matches("W/\"v,1\""));
+        assert!(matches("\"a\", W/\"v,1\""));
+        assert!(matches(" * "));
+        assert!(!matches("\"v\""));
+        assert!(!matches("\"v,1"));
+        assert!(!matches(""));
+        assert!(!stored.matches(&[]));
+        let not_modified = stored.not_modified("HIT");
+        assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(not_modified.headers()["etag"], "W/\"v,1\"");
+        assert!(!not_modified.headers().contains_key("content-type"));
+    }
+
+    #[test]
+    fn responses_without_an_etag_get_one_of_their_body() {
+        let etag = |body: &'static [u8]| {
+            Stored::capture(&parts(|b| b.status(200)), Bytes::from_static(body)).headers[header::ETAG].clone()
+        };
+        assert_eq!(etag(b"a"), etag(b"a"));
+        assert_ne!(etag(b"a"), etag(b"b"));
+        assert_eq!(etag(b"a").len(), 34);
+        assert!(!storable(&parts(|b| b.status(206)), &[]));
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl RedisTarget {
     /// repeats the URL's password.
     ///
     /// ```
-    /// use cache_runtime::RedisTarget;
+    /// use aside::RedisTarget;
     /// let target = RedisTarget::parse("redis://app:s3cret@localhost:6379/0").unwrap();
     /// assert_eq!(target.to_string(), "redis://app:***@localhost:6379/0");
     /// assert!(RedisTarget::parse("http://localhost").is_err());
@@ -225,7 +225,7 @@ impl Settings {
     /// [`from_env`](Settings::from_env) does with the environment.
     ///
     /// ```
-    /// use cache_runtime::Settings;
+    /// use aside::Settings;
     /// let settings = Settings::from_lookup(|name| match name {
     ///     "CACHE_NAMESPACE" => Some("shop".to_owned()),
     ///     "CACHE_MAX_TTL" => Some("1h".to_owned()),

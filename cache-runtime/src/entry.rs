@@ -31,7 +31,7 @@ const MESSAGE_PACK: u8 = 2;
 /// the other format keep being read until they expire.
 ///
 /// ```
-/// use cache_runtime::{EntryFormat, Settings};
+/// use aside::{EntryFormat, Settings};
 ///
 /// let settings = Settings::from_lookup(|name| (name == "CACHE_ENTRY_FORMAT").then(|| "msgpack".to_owned()))
 ///     .unwrap();

@@ -37,13 +37,13 @@ const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'
 /// Built by `#[cached]` for each call, or by hand:
 ///
 /// ```
-/// use cache_runtime::Key;
+/// use aside::Key;
 /// // A hand-written key: stored at "{namespace}:user:42".
 /// let user = Key::raw("user:42");
 /// // A function key with the arguments digested.
 /// let revenue = Key::digest("computed", "revenue", 1, &("eu", 11));
 /// // A function key with the arguments rendered readably.
-/// use cache_runtime::key::Piece;
+/// use aside::key::Piece;
 /// let readable = Key::template("computed", "revenue", 1, [Piece::value(&"eu"), Piece::Lit(":"), Piece::value(&11)]);
 /// # let _ = (user, revenue, readable);
 /// ```

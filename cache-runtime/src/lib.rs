@@ -6,9 +6,9 @@
 //! documented here.
 //!
 //! ```
-//! # async fn demo() -> cache_runtime::Result<()> {
+//! # async fn demo() -> aside::Result<()> {
 //! use std::time::Duration;
-//! use cache_runtime::{Cache, Policy};
+//! use aside::{Cache, Policy};
 //!
 //! // No REDIS_URL: the in-process memory backend.
 //! let cache = Cache::builder().build().await?;

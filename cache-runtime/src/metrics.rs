@@ -18,8 +18,8 @@
 //! the process add up under the same names.
 //!
 //! ```
-//! # async fn demo() -> cache_runtime::Result<()> {
-//! use cache_runtime::{Cache, Plain, Policy};
+//! # async fn demo() -> aside::Result<()> {
+//! use aside::{Cache, Plain, Policy};
 //!
 //! // With a recorder installed (for example metrics-exporter-prometheus's
 //! // `PrometheusBuilder::new().install_recorder()`), this hit and this miss show up as
@@ -30,7 +30,7 @@
 //! for _ in 0..2 {
 //!     let Plain(_) = cache.get_or_compute("answer", &policy, || async { Plain(42) }).await;
 //! }
-//! cache_runtime::metrics::sample(&cache); // the breaker's state, before a scrape
+//! aside::metrics::sample(&cache); // the breaker's state, before a scrape
 //! # Ok(()) }
 //! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
 //! ```
@@ -113,7 +113,7 @@ pub const BREAKER_SKIPS: &str = "aside_cache_breaker_skips_total";
 /// installing a recorder late.
 ///
 /// ```
-/// cache_runtime::metrics::describe(); // a no-op without a recorder
+/// aside::metrics::describe(); // a no-op without a recorder
 /// ```
 pub fn describe() {
     use ::metrics::{describe_counter, describe_gauge};
@@ -134,9 +134,9 @@ pub fn describe() {
 /// Call it before rendering a scrape, or on a timer.
 ///
 /// ```
-/// # async fn demo() -> cache_runtime::Result<()> {
-/// let cache = cache_runtime::Cache::builder().memory().build().await?;
-/// cache_runtime::metrics::sample(&cache);
+/// # async fn demo() -> aside::Result<()> {
+/// let cache = aside::Cache::builder().memory().build().await?;
+/// aside::metrics::sample(&cache);
 /// # Ok(()) }
 /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
 /// ```

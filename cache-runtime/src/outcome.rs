@@ -51,7 +51,7 @@ impl<T: Serialize + DeserializeOwned> Outcome for Option<T> {
 ///
 /// ```
 /// # async fn demo() {
-/// use cache_runtime::{Cache, Plain, Policy};
+/// use aside::{Cache, Plain, Policy};
 /// let cache = Cache::builder().memory().build().await.unwrap();
 /// let Plain(answer) = cache
 ///     .get_or_compute("answer", &Policy::default(), || async { Plain(42) })

@@ -7,7 +7,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use cache_runtime::Policy;
+/// use aside::Policy;
 ///
 /// let policy = Policy::new(Duration::from_secs(300))
 ///     .stale(Duration::from_secs(60))
@@ -82,7 +82,7 @@ impl Policy {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use cache_runtime::policy::{Policy, MIN_LOCK_TTL};
+    /// use aside::policy::{Policy, MIN_LOCK_TTL};
     /// assert_eq!(Policy::default().lock_ttl(Duration::from_millis(1)).lock_lease(), MIN_LOCK_TTL);
     /// ```
     pub const fn lock_ttl(mut self, lock_ttl: Duration) -> Policy {
@@ -122,7 +122,7 @@ impl Policy {
     /// [`tag!`](crate::tag), which escapes them.
     ///
     /// ```
-    /// use cache_runtime::Policy;
+    /// use aside::Policy;
     /// let policy = Policy::default().tags(["orders", "region:eu"]);
     /// assert_eq!(policy.tag_list(), ["orders", "region:eu"]);
     /// ```
@@ -139,7 +139,7 @@ impl Policy {
     /// `}` makes the policy unusable, as in [`tags`](Policy::tags).
     ///
     /// ```
-    /// use cache_runtime::{key::Piece, Policy};
+    /// use aside::{key::Piece, Policy};
     /// let policy = Policy::default().tag([Piece::Lit("region:"), Piece::value("eu west")]);
     /// assert_eq!(policy.tag_list(), ["region:eu%20west"]);
     /// ```

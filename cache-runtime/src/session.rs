@@ -18,8 +18,8 @@
 //! - **Statistics** are kept under the function `session`.
 //!
 //! ```
-//! # async fn demo() -> cache_runtime::Result<()> {
-//! use cache_runtime::{session::SessionStore, Cache};
+//! # async fn demo() -> aside::Result<()> {
+//! use aside::{session::SessionStore, Cache};
 //!
 //! let cache = Cache::builder().memory().build().await?;
 //! let store = SessionStore::new(cache);
@@ -89,7 +89,7 @@ impl SessionStore {
     ///
     /// ```
     /// use tower_sessions_core::session::Id;
-    /// # let store = cache_runtime::session::SessionStore::new(cache_runtime::Cache::lazy(Default::default()));
+    /// # let store = aside::session::SessionStore::new(aside::Cache::lazy(Default::default()));
     /// let id = Id(1);
     /// assert_eq!(store.key(&id), format!("session:{id}"));
     /// assert_eq!(store.cache().full_key(store.key(&id)).unwrap(), format!("aside:session:{id}"));
@@ -105,8 +105,8 @@ impl SessionStore {
     /// ```
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// use tower_sessions_core::{session::{Id, Record}, SessionStore as _};
-    /// let cache = cache_runtime::Cache::builder().memory().build().await?;
-    /// let store = cache_runtime::session::SessionStore::new(cache);
+    /// let cache = aside::Cache::builder().memory().build().await?;
+    /// let store = aside::session::SessionStore::new(cache);
     /// let expiry_date = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
     /// for id in 1..=2 {
     ///     let mut data = std::collections::HashMap::new();

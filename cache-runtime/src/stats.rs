@@ -166,9 +166,9 @@ impl Counters {
     /// The mean time of one computation; `None` before the first.
     ///
     /// ```
-    /// # async fn demo() -> cache_runtime::Result<()> {
+    /// # async fn demo() -> aside::Result<()> {
     /// use std::time::Duration;
-    /// use cache_runtime::{Cache, Plain, Policy};
+    /// use aside::{Cache, Plain, Policy};
     /// let cache = Cache::builder().memory().build().await?;
     /// let policy = Policy::default().function("demo:slow");
     /// let Plain(_) = cache.get_or_compute("slow", &policy, || async {

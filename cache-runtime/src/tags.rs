@@ -95,13 +95,13 @@ pub fn render(template: &str, values: &[Piece]) -> Result<String, Error> {
 /// serialize (strings, numbers, booleans and options always do).
 ///
 /// ```
-/// # async fn demo() -> cache_runtime::Result<()> {
-/// use cache_runtime::{Cache, Plain, Policy};
+/// # async fn demo() -> aside::Result<()> {
+/// use aside::{Cache, Plain, Policy};
 ///
 /// let cache = Cache::builder().memory().build().await?;
 /// let region = "eu west";
 /// // The tag `#[cached(tags = ["region:{region}"])]` gives a call with this region:
-/// let tag = cache_runtime::tag!("region:{}", region)?;
+/// let tag = aside::tag!("region:{}", region)?;
 /// assert_eq!(tag, "region:eu%20west");
 ///
 /// let policy = Policy::default().tags([tag.clone()]);
@@ -115,11 +115,11 @@ pub fn render(template: &str, values: &[Piece]) -> Result<String, Error> {
 /// compile:
 ///
 /// ```compile_fail,E0080
-/// let tag = cache_runtime::tag!("region:{eu}:{}", 1);
+/// let tag = aside::tag!("region:{eu}:{}", 1);
 /// ```
 ///
 /// ```compile_fail,E0080
-/// let tag = cache_runtime::tag!("region:{}:{}", "eu");
+/// let tag = aside::tag!("region:{}:{}", "eu");
 /// ```
 #[macro_export]
 macro_rules! tag {

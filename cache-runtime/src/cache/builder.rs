@@ -10,9 +10,9 @@ use crate::error::{Error, Result};
 /// Builds a [`Cache`] in code; every setting starts at its default (memory backend).
 ///
 /// ```
-/// # async fn demo() -> cache_runtime::Result<()> {
+/// # async fn demo() -> aside::Result<()> {
 /// use std::time::Duration;
-/// use cache_runtime::Cache;
+/// use aside::Cache;
 ///
 /// let cache = Cache::builder()
 ///     .namespace("shop")
@@ -131,9 +131,9 @@ impl CacheBuilder {
     /// written with [`Cache::set_json`] are always JSON.
     ///
     /// ```
-    /// # async fn demo() -> cache_runtime::Result<()> {
+    /// # async fn demo() -> aside::Result<()> {
     /// use std::time::Duration;
-    /// use cache_runtime::{Cache, EntryFormat, Plain, Policy};
+    /// use aside::{Cache, EntryFormat, Plain, Policy};
     ///
     /// let cache = Cache::builder().entry_format(EntryFormat::MessagePack).build().await?;
     /// let policy = Policy::new(Duration::from_secs(60));

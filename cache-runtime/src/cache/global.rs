@@ -26,8 +26,8 @@ impl Cache {
     /// [`Cache::from_env`] at start-up to fail early instead.
     ///
     /// ```
-    /// let cache = cache_runtime::Cache::global();
-    /// assert!(std::ptr::eq(cache, cache_runtime::Cache::global()));
+    /// let cache = aside::Cache::global();
+    /// assert!(std::ptr::eq(cache, aside::Cache::global()));
     /// ```
     pub fn global() -> &'static Cache {
         GLOBAL.get_or_init(|| {
@@ -45,8 +45,8 @@ impl Cache {
     /// Makes `cache` the process-wide cache. Call it before any cached function runs.
     ///
     /// ```
-    /// # async fn demo() -> cache_runtime::Result<()> {
-    /// use cache_runtime::Cache;
+    /// # async fn demo() -> aside::Result<()> {
+    /// use aside::Cache;
     /// let cache = Cache::builder().memory().namespace("app").build().await?;
     /// Cache::set_global(cache)?;
     /// assert_eq!(Cache::global().settings().namespace(), "app");

@@ -45,9 +45,9 @@ macro_rules! call_span {
 /// counters. Cloning is cheap (one `Arc`); clones share everything.
 ///
 /// ```
-/// # async fn demo() -> Result<(), cache_runtime::Error> {
+/// # async fn demo() -> Result<(), aside::Error> {
 /// use std::time::Duration;
-/// use cache_runtime::Cache;
+/// use aside::Cache;
 ///
 /// let cache = Cache::builder().memory().namespace("docs").build().await?;
 /// cache.set_json("greeting", &"hello", Duration::from_secs(60)).await?;
@@ -142,7 +142,7 @@ impl Cache {
     /// The full key `key` is stored under in this cache (namespace and key version applied).
     ///
     /// ```
-    /// # let cache = cache_runtime::Cache::lazy(Default::default());
+    /// # let cache = aside::Cache::lazy(Default::default());
     /// assert_eq!(cache.full_key("user:42").unwrap(), "aside:user:42");
     /// ```
     ///
@@ -169,11 +169,11 @@ impl Cache {
     /// is a miss: `Ok(None)`, logged and counted in `decode_errors`.
     ///
     /// ```
-    /// # async fn demo(cache: cache_runtime::Cache) -> cache_runtime::Result<()> {
+    /// # async fn demo(cache: aside::Cache) -> aside::Result<()> {
     /// assert_eq!(cache.get_json::<u32>("nothing-here").await?, None);
     /// # Ok(()) }
     /// # let rt = tokio::runtime::Runtime::new().unwrap();
-    /// # rt.block_on(demo(cache_runtime::Cache::lazy(Default::default()))).unwrap();
+    /// # rt.block_on(demo(aside::Cache::lazy(Default::default()))).unwrap();
     /// ```
     ///
     /// # Errors
@@ -196,7 +196,7 @@ impl Cache {
     /// Stores `value` under `key` for `ttl`, clamped to the ceiling (`CACHE_MAX_TTL`).
     ///
     /// ```
-    /// # async fn demo(cache: cache_runtime::Cache) -> cache_runtime::Result<()> {
+    /// # async fn demo(cache: aside::Cache) -> aside::Result<()> {
     /// use std::time::Duration;
     /// cache.set_json("report:2026-11", &vec![1, 2, 3], Duration::from_secs(600)).await?;
     /// assert!(cache.exists("report:2026-11").await?);
@@ -205,7 +205,7 @@ impl Cache {
     /// assert!(cache.ttl("long").await?.unwrap() <= Duration::from_secs(86_400));
     /// # Ok(()) }
     /// # let rt = tokio::runtime::Runtime::new().unwrap();
-    /// # rt.block_on(demo(cache_runtime::Cache::lazy(Default::default()))).unwrap();
+    /// # rt.block_on(demo(aside::Cache::lazy(Default::default()))).unwrap();
     /// ```
     ///
     /// # Errors
@@ -259,7 +259,7 @@ impl Cache {
     ///
     /// ```
     /// # async fn demo() {
-    /// use cache_runtime::{Cache, Policy};
+    /// use aside::{Cache, Policy};
     /// use std::time::Duration;
     ///
     /// let cache = Cache::builder().memory().build().await.unwrap();
@@ -294,7 +294,7 @@ impl Cache {
     /// # async fn demo() {
     /// use std::sync::atomic::{AtomicUsize, Ordering};
     /// use std::time::Duration;
-    /// use cache_runtime::{Cache, Plain, Policy};
+    /// use aside::{Cache, Plain, Policy};
     ///
     /// let cache = Cache::builder().memory().build().await.unwrap();
     /// let runs = AtomicUsize::new(0);
@@ -347,7 +347,7 @@ impl Cache {
     ///
     /// ```
     /// # async fn demo() {
-    /// use cache_runtime::{Cache, Plain, Policy};
+    /// use aside::{Cache, Plain, Policy};
     /// let cache = Cache::builder().memory().build().await.unwrap();
     /// let policy = Policy::default();
     /// cache.refresh("total", &policy, || async { Plain(41) }).await;
@@ -421,9 +421,9 @@ impl Cache {
     /// computation started before it.
     ///
     /// ```
-    /// # async fn demo() -> cache_runtime::Result<()> {
+    /// # async fn demo() -> aside::Result<()> {
     /// use std::time::Duration;
-    /// let cache = cache_runtime::Cache::builder().memory().build().await?;
+    /// let cache = aside::Cache::builder().memory().build().await?;
     /// cache.set_json("user:42", &"Ada", Duration::from_secs(60)).await?;
     /// assert!(cache.invalidate_key("user:42").await?);
     /// assert!(!cache.invalidate_key("user:42").await?);
@@ -451,8 +451,8 @@ impl Cache {
     /// `region:x:1`.
     ///
     /// ```
-    /// # async fn demo() -> cache_runtime::Result<()> {
-    /// use cache_runtime::{Cache, Plain, Policy};
+    /// # async fn demo() -> aside::Result<()> {
+    /// use aside::{Cache, Plain, Policy};
     /// let cache = Cache::builder().memory().build().await?;
     /// let orders = Policy::default().tags(["orders"]);
     /// for month in 1..=3 {
@@ -484,9 +484,9 @@ impl Cache {
     /// master of a cluster.
     ///
     /// ```
-    /// # async fn demo() -> cache_runtime::Result<()> {
+    /// # async fn demo() -> aside::Result<()> {
     /// use std::time::Duration;
-    /// let cache = cache_runtime::Cache::builder().memory().build().await?;
+    /// let cache = aside::Cache::builder().memory().build().await?;
     /// for id in 1..=3 {
     ///     cache.set_json(format!("user:{id}"), &id, Duration::from_secs(60)).await?;
     /// }
@@ -510,8 +510,8 @@ impl Cache {
     /// Subscribes to this cache's invalidation events (from this process).
     ///
     /// ```
-    /// # async fn demo() -> cache_runtime::Result<()> {
-    /// use cache_runtime::{Cache, InvalidationKind};
+    /// # async fn demo() -> aside::Result<()> {
+    /// use aside::{Cache, InvalidationKind};
     /// let cache = Cache::builder().memory().build().await?;
     /// let mut events = cache.events();
     /// cache.invalidate_tag("orders").await?;
@@ -539,8 +539,8 @@ impl Cache {
     /// the circuit breaker in front of Redis.
     ///
     /// ```
-    /// # async fn demo() -> cache_runtime::Result<()> {
-    /// use cache_runtime::{BreakerState, Cache, Plain, Policy};
+    /// # async fn demo() -> aside::Result<()> {
+    /// use aside::{BreakerState, Cache, Plain, Policy};
     /// let cache = Cache::builder().memory().build().await?;
     /// let policy = Policy::default().function("demo:answer");
     /// for _ in 0..3 {

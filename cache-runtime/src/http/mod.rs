@@ -38,9 +38,9 @@
 //! - **Statistics** are kept under the function `http:{name}`.
 //!
 //! ```
-//! # async fn demo() -> cache_runtime::Result<()> {
+//! # async fn demo() -> aside::Result<()> {
 //! use std::time::Duration;
-//! use cache_runtime::{http::CacheLayer, Cache};
+//! use aside::{http::CacheLayer, Cache};
 //!
 //! let cache = Cache::builder().memory().build().await?;
 //! // For axum: `.route("/api/revenue", get(revenue).layer(revenue_cache))`, and in the
@@ -97,9 +97,9 @@ type TagsFn = dyn Fn(&request::Parts) -> Vec<String> + Send + Sync;
 /// [module documentation](self).
 ///
 /// ```
-/// # async fn demo() -> cache_runtime::Result<()> {
+/// # async fn demo() -> aside::Result<()> {
 /// use std::time::Duration;
-/// use cache_runtime::{http::CacheLayer, Cache};
+/// use aside::{http::CacheLayer, Cache};
 /// use http::header::ACCEPT_LANGUAGE;
 ///
 /// let cache = Cache::builder().memory().build().await?;
@@ -227,14 +227,14 @@ impl CacheLayer {
     /// identifying.
     ///
     /// ```
-    /// # async fn demo() -> cache_runtime::Result<()> {
+    /// # async fn demo() -> aside::Result<()> {
     /// use std::convert::Infallible;
     /// use std::future::{poll_fn, ready, Ready};
     /// use std::task::{Context, Poll};
     /// use std::time::Duration;
     ///
     /// use bytes::Bytes;
-    /// use cache_runtime::{http::CacheLayer, Cache};
+    /// use aside::{http::CacheLayer, Cache};
     /// use http::header::{HeaderName, COOKIE};
     /// use http::{Request, Response};
     /// use http_body_util::{BodyExt as _, Full};

@@ -286,3 +286,39 @@ impl Backend for MemoryStore {
 
     async fn listen(&self, _: Duration) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct NoWake;
+
+    impl Wake for NoWake {
+        fn wake(&self, _: &str) {}
+    }
+
+    #[tokio::test]
+    async fn expired_leases_are_swept() {
+        let store = MemoryStore::new(MemoryCapacity::Entries(100), Arc::new(NoWake));
+        for n in 0..SWEEP_EVERY {
+            let taken = store
+                .acquire_lease(&format!("left:{n}"), "t", Duration::from_millis(1), false)
+                .await
+                .unwrap();
+            assert!(matches!(taken, Acquired::Taken(None)));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        for n in 0..SWEEP_EVERY {
+            store
+                .acquire_lease(&format!("live:{n}"), "t", Duration::from_secs(60), false)
+                .await
+                .unwrap();
+        }
+        let held = lock(&store.leases).len();
+        assert!(
+            held <= usize::try_from(SWEEP_EVERY).unwrap(),
+            "the abandoned leases were swept: {held} held"
+        );
+    }
+}

@@ -1,5 +1,5 @@
 //! Parsing `#[cached(...)]`: every argument keeps the span of the tokens that
-//! gave it, so the checks in `expand.rs` can point at the one that is wrong.
+//! gave it, so the checks in `check.rs` can point at the one that is wrong.
 //!
 //! Parsing does not stop at the first mistake: a malformed or unknown argument is
 //! recorded in [`Args::errors`] and parsing resumes after the next comma, so the

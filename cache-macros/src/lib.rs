@@ -2,13 +2,21 @@
 //! `aside` crate (`use aside::cached;`): the code it generates calls into
 //! `aside::__private`, and everything that happens at run time lives in the runtime.
 //!
-//! The crate is three files: `lib.rs` (these docs and the entry point), `attr.rs`
-//! (parsing the arguments) and `expand.rs` (checking them and generating code).
+//! The crate works in three steps, one file each: parse (`attr.rs` the arguments,
+//! `item.rs` the function, its body kept as tokens), check (`check.rs`, every rule
+//! a named function reporting into the error context of `ctxt.rs`; `generics.rs`
+//! works out what the generic parameters mean for the key and the companions), and
+//! expand (`expand.rs`, which only generates). `lib.rs` holds these docs and the
+//! entry point.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
 mod attr;
+mod check;
+mod ctxt;
 mod expand;
+mod generics;
+mod item;
 
 use proc_macro::TokenStream;
 
@@ -129,19 +137,46 @@ use proc_macro::TokenStream;
 /// default `aside`) and key version (`CACHE_KEY_VERSION`, default 1) come from the
 /// cache.
 ///
-/// Type parameters are not part of the key: `get::<A>(1)` and `get::<B>(1)` share
-/// an entry unless an argument tells them apart (a value of the other type decodes
-/// as a miss and is overwritten). Give each instantiation its own [`name`](#name)
-/// through a wrapper function if they can be called with the same arguments.
+/// Type parameters are part of the key: `parse_as::<u32>("12")` and
+/// `parse_as::<String>("12")` have their own entries, and so do the methods of
+/// `Repo<u8>` and `Repo<u16>`, and same-named types in different modules
+/// (`a::Report::total`, `b::Report::total`). What tells them apart — the
+/// [`std::any::type_name`] of `Self` for a method, of each type parameter, the value
+/// of each const parameter, the type of each `impl Trait` key argument — is hashed
+/// into the digest (or, after a [`key`](#key) rendering, appended as `:` and its
+/// digest); the readable `{name}` segment stays as it is. A type parameter that
+/// only types a [skipped](#skip) argument is not part of the key. The companions
+/// then take the same type parameters: `parse_as_invalidate::<u32>("12")`.
+/// Non-generic free functions have exactly the key they would have without this.
+/// (`type_name` may change with the compiler: an upgrade that changes it makes the
+/// entries of generic functions and methods unreachable once, like a `version` bump.)
+///
+/// ```
+/// # use aside::cached;
+/// #[cached]
+/// async fn describe<T>(n: u32) -> String {
+///     format!("{}:{n}", std::any::type_name::<T>())
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(describe::<u8>(1).await, "u8:1");
+/// assert_eq!(describe::<u16>(1).await, "u16:1"); // its own entry
+/// assert_ne!(describe_key::<u8>(1), describe_key::<u16>(1));
+/// # }
+/// ```
 ///
 /// # Methods
 ///
 /// `self` is never part of the key: skip it with `skip(self)` and keep what
 /// identifies the entry in the arguments (or put `self`'s fields in
 /// [`tags`](#tags)). The default name is `Type::method`, `Type` being the
-/// implementing type without module path or generic arguments. Associated functions
-/// without a receiver are named after the function alone: give them a
-/// [`name`](#name) when two types' functions share one. The attribute works in
+/// implementing type without module path or generic arguments; the full type (its
+/// module path and generic arguments) is part of the key, as for type parameters,
+/// so `a::Report::total` and `b::Report::total` share a name but not entries.
+/// Associated functions without a receiver are named after the function alone, and
+/// their type is part of the key only if their signature mentions `Self` (a macro
+/// cannot see the `impl` block otherwise): give them a [`name`](#name) when two
+/// types' functions share one. The attribute works in
 /// inherent `impl` blocks, not in trait impls (the companions would not be members
 /// of the trait).
 ///
@@ -445,8 +480,13 @@ use proc_macro::TokenStream;
 /// duration out of range or not parsable; a `skip`, `key` or tag placeholder naming
 /// no argument; a `key` using a skipped argument or missing a key argument; two
 /// placeholders without a separator; an unskipped `self` or destructuring pattern;
-/// `cache_none` without `Option`; a key argument that is not `Serialize`, or a
+/// `cache_none` without `Option`; a key argument that is not `Serialize` (the
+/// error names the type and says to derive `Serialize` or `skip` the argument), or a
 /// stored type that is not `Serialize + DeserializeOwned`.
+///
+/// The body is not parsed by the attribute: while it is being edited and does not
+/// parse yet, the compiler reports that alone, and the function and its companions
+/// still exist for the rest of the crate (and for an IDE).
 ///
 /// ```compile_fail
 /// # use aside::cached;

@@ -28,27 +28,87 @@ where
     compute
 }
 
-/// Passes a key argument through, requiring it to be `Serialize`: the macro calls
+/// What a key argument must be: `Serialize`. A trait of its own so that the error
+/// for an argument that is not names the type and says what to do; the macro spans
+/// each use at the argument (`name: Type`), so the error points there.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is part of the cache key, so it must implement `Serialize`",
+    label = "this argument is part of the key, and `{Self}` does not implement `Serialize`",
+    note = "derive `Serialize` for `{Self}`, or leave this argument out of the key with `skip(<argument>)`"
+)]
+pub trait KeyArg: Serialize {}
+
+impl<T: Serialize + ?Sized> KeyArg for T {}
+
+/// Passes a key argument through, requiring it to be a [`KeyArg`]: the macro calls
 /// it spanned at the argument, so a type that is not points there. (Used for more
 /// key arguments than the `digest_*` helpers take.)
-pub fn key_arg<T: Serialize + ?Sized>(value: &T) -> &T {
+pub fn key_arg<T: KeyArg + ?Sized>(value: &T) -> &T {
     value
 }
 
-/// `Key::digest` of the tuple of the key arguments, with one generic parameter per
-/// argument, so that an argument that is not `Serialize` is reported at that
+/// [`Piece::value`] of a key argument in a `key = "..."` template, requiring it to
+/// be a [`KeyArg`] (for the error message).
+pub fn key_piece<T: KeyArg + ?Sized>(value: &T) -> Piece {
+    Piece::value(value)
+}
+
+/// [`Key::digest`] of `args`, told apart by `types`: what distinguishes one
+/// instantiation of a generic function or method from another (the
+/// `std::any::type_name` of `Self` and of each type parameter, a const parameter's
+/// value, the type of an `impl Trait` argument). Without types, exactly
+/// [`Key::digest`], so the keys of non-generic free functions do not change; with
+/// them, the digest of `[args, types]`.
+pub fn digest_typed<A: Serialize + ?Sized>(
+    prefix: &'static str,
+    name: impl Into<Cow<'static, str>>,
+    version: u32,
+    types: &[&str],
+    args: &A,
+) -> Key {
+    if types.is_empty() {
+        Key::digest(prefix, name, version, args)
+    } else {
+        Key::digest(prefix, name, version, &(args, types))
+    }
+}
+
+/// [`Key::template`] of `pieces`, told apart by `types` as for [`digest_typed`]:
+/// with types, the rendering is followed by `:` and the digest of their JSON array
+/// (no rendered value contains `:`, so no value can forge that suffix).
+pub fn template_typed(
+    prefix: &'static str,
+    name: impl Into<Cow<'static, str>>,
+    version: u32,
+    types: &[&str],
+    pieces: impl IntoIterator<Item = Piece>,
+) -> Key {
+    if types.is_empty() {
+        return Key::template(prefix, name, version, pieces);
+    }
+    let types = match serde_json::to_string(types) {
+        Ok(json) => Ok(crate::key::digest_hex(&json)),
+        Err(error) => Err(error.to_string()),
+    };
+    let suffix = [Piece::Lit(":"), Piece::Value(types)];
+    Key::template(prefix, name, version, pieces.into_iter().chain(suffix))
+}
+
+/// [`digest_typed`] of the tuple of the key arguments, with one generic parameter
+/// per argument, so that an argument that is not `Serialize` is reported at that
 /// argument, and only there.
 macro_rules! digests {
     ($($name:ident($($arg:ident: $ty:ident),*) $doc:literal;)*) => {$(
         #[doc = $doc]
         #[allow(clippy::too_many_arguments)]
-        pub fn $name<$($ty: Serialize + ?Sized),*>(
+        pub fn $name<$($ty: KeyArg + ?Sized),*>(
             prefix: &'static str,
             name: impl Into<Cow<'static, str>>,
             version: u32,
+            types: &[&str],
             $($arg: &$ty),*
         ) -> Key {
-            Key::digest(prefix, name, version, &($($arg,)*))
+            digest_typed(prefix, name, version, types, &($($arg,)*))
         }
     )*};
 }

@@ -48,7 +48,9 @@ async fn main() {
     assert_eq!(load_refresh(&Memory, 7, 1u8).await, "row-7:1");
 
     assert_eq!(parse_as::<u32>("12").await, Some(12));
-    assert!(parse_as_invalidate("12").await.unwrap());
+    // The type parameter is part of the key: the companions are told it too.
+    assert!(parse_as_invalidate::<u32>("12").await.unwrap());
+    assert!(!parse_as_invalidate::<u64>("12").await.unwrap());
     assert_eq!(first(&[1, 2, 3]).await, 3);
     assert!(first_key(&["a"]).starts_with("aside:computed:first:v1.1:"));
 }

@@ -37,3 +37,16 @@ async fn a_tiny_lock_ttl_still_stores(fx: Fixture) {
         .await;
     assert_eq!(again, 7, "stored despite the tiny lease asked for");
 }
+
+/// The attribute accepts the runtime's floor exactly (its compile error below it
+/// is the UI case `lock_ttl_below_the_renewal_floor`): the two crates agree.
+#[aside::cached(lock_ttl = "1s", ttl = 60)]
+async fn at_the_floor(n: u32) -> u32 {
+    n
+}
+
+#[tokio::test]
+async fn the_attribute_and_the_runtime_share_the_lease_floor() {
+    assert_eq!(aside::policy::MIN_LOCK_TTL, Duration::from_secs(1));
+    assert_eq!(at_the_floor(3).await, 3);
+}

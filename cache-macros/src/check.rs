@@ -25,6 +25,12 @@ use crate::item::MaybeItemFn;
 /// The longest TTL, stale window, lock lease or wait the attribute accepts.
 const DAY: Duration = Duration::from_secs(86_400);
 
+/// The shortest lock lease, as the runtime's `policy::MIN_LOCK_TTL`: a lease is
+/// renewed every third of its length, so a shorter one could expire between
+/// renewals and nothing would be stored. (`tests/policy_edges.rs` pins the two
+/// against each other.)
+const MIN_LOCK_TTL: Duration = Duration::from_secs(1);
+
 /// The default `ttl`.
 const DEFAULT_TTL: Duration = Duration::from_secs(300);
 
@@ -134,7 +140,7 @@ pub(crate) fn check(cx: &Ctxt, mut args: Args, func: &MaybeItemFn) -> Plan {
 
     let ttl = duration_in_range(cx, "ttl", args.ttl.as_ref(), Duration::from_secs(1)).unwrap_or(DEFAULT_TTL);
     let stale = duration_in_range(cx, "stale", args.stale.as_ref(), Duration::ZERO);
-    let lock_ttl = duration_in_range(cx, "lock_ttl", args.lock_ttl.as_ref(), Duration::from_millis(1));
+    let lock_ttl = duration_in_range(cx, "lock_ttl", args.lock_ttl.as_ref(), MIN_LOCK_TTL);
     let wait = duration_in_range(cx, "wait", args.wait.as_ref(), Duration::from_millis(1));
 
     let prefix = match &args.prefix {

@@ -381,8 +381,10 @@ use proc_macro::TokenStream;
 /// Concurrent calls for a cold key compute once: one caller takes a lock and
 /// computes, the others wait for its result. `lock_ttl` is the lock's lease, renewed
 /// while the computation runs (so a dead process releases it); `wait` is how long a
-/// waiter waits before computing itself. Durations from 1 ms to 24 h. Defaults:
-/// 30 s and 10 s.
+/// waiter waits before computing itself. `lock_ttl` from 1 s to 24 h, `wait` from
+/// 1 ms to 24 h. Defaults: 3 s (renewed every second, so a holder whose process
+/// died is replaced within about 3.5 s) and 10 s. A caller whose computation is
+/// cancelled (its future dropped) frees the lock at once.
 ///
 /// ```
 /// # use std::sync::atomic::{AtomicUsize, Ordering};

@@ -27,6 +27,25 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 
 mod floats;
+
+/// What every tag and key template literal must not contain: a `{` or `}` would
+/// make Redis Cluster hash only part of the key, putting a tag set and its detached
+/// copy, or an entry and its lease, in different slots (`CROSSSLOT`).
+const RESERVED: [char; 2] = ['{', '}'];
+
+/// Refuses a tag (or a rendered template) that contains hash-slot braces.
+///
+/// The text itself is left out of the problem: tags may carry user ids.
+pub(crate) fn check_braces(what: &str, text: &str) -> Result<(), String> {
+    if text.contains(RESERVED) {
+        return Err(format!(
+            "{what} contains `{{` or `}}`, which are reserved for hash slots; \
+             build tags with `aside::tag!`, which escapes values"
+        ));
+    }
+    Ok(())
+}
+
 use floats::Tagged;
 
 /// Bytes of a rendered value left as they are; everything else is percent-encoded.
@@ -244,7 +263,7 @@ pub(crate) fn concat(pieces: impl IntoIterator<Item = Piece>) -> std::result::Re
             Piece::Value(Err(problem)) => return Err(problem),
         }
     }
-    crate::tags::check("a key template or tag", &text)?;
+    check_braces("a key template or tag", &text)?;
     Ok(text)
 }
 

@@ -128,7 +128,11 @@ impl Policy {
     /// ```
     pub fn tags<T: Into<String>>(mut self, tags: impl IntoIterator<Item = T>) -> Policy {
         self.tags = tags.into_iter().map(Into::into).collect();
-        if let Some(problem) = self.tags.iter().find_map(|tag| crate::tags::check("a tag", tag).err()) {
+        if let Some(problem) = self
+            .tags
+            .iter()
+            .find_map(|tag| crate::key::check_braces("a tag", tag).err())
+        {
             self.unusable.get_or_insert(problem);
         }
         self

@@ -471,7 +471,7 @@ impl Cache {
     /// which no entry can carry (see [`Policy::tags`]; [`tag!`](crate::tag) builds
     /// tags with escaped values).
     pub async fn invalidate_tag(&self, tag: &str) -> Result<u64> {
-        crate::tags::check("the tag", tag).map_err(Error::Key)?;
+        crate::key::check_braces("the tag", tag).map_err(Error::Key)?;
         let tag_key = tags::tag_key(&self.settings().namespace, tag);
         let removed = self.store().invalidate_tag(&tag_key).await?;
         self.announce(InvalidationKind::Tag, tag.to_owned(), removed);

@@ -50,3 +50,37 @@ async fn the_attribute_and_the_runtime_share_the_lease_floor() {
     assert_eq!(aside::policy::MIN_LOCK_TTL, Duration::from_secs(1));
     assert_eq!(at_the_floor(3).await, 3);
 }
+
+/// `#[cached]` without `ttl` stores for the runtime's `DEFAULT_TTL`, and
+/// `ttl = "24h"` — the attribute's upper bound — for exactly the ceiling.
+#[aside::cached(prefix = "edges", skip(cache), cache = cache)]
+async fn defaulted(cache: &aside::Cache, n: u32) -> u32 {
+    n
+}
+
+#[aside::cached(prefix = "edges", ttl = "24h", skip(cache), cache = cache)]
+async fn a_day(cache: &aside::Cache, n: u32) -> u32 {
+    n
+}
+
+#[tokio::test]
+async fn the_attribute_and_the_runtime_share_the_default_ttl_and_the_ceiling() {
+    let cache = aside::Cache::builder().memory().build().await.unwrap();
+    assert_eq!(defaulted(&cache, 1).await, 1);
+    assert_eq!(a_day(&cache, 1).await, 1);
+    let ttl = |key: String| {
+        let cache = cache.clone();
+        async move {
+            let namespace = format!("{}:", cache.settings().namespace());
+            let key = key.strip_prefix(&namespace).expect("in namespace").to_owned();
+            cache.ttl(key).await.unwrap().expect("stored")
+        }
+    };
+    let defaulted_ttl = ttl(defaulted_key(&cache, 1)).await;
+    assert!(
+        defaulted_ttl <= aside::policy::DEFAULT_TTL
+            && defaulted_ttl > aside::policy::DEFAULT_TTL - Duration::from_secs(5)
+    );
+    let day = ttl(a_day_key(&cache, 1)).await;
+    assert!(day <= aside::TTL_CEILING && day > aside::TTL_CEILING - Duration::from_secs(5));
+}

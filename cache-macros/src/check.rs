@@ -25,13 +25,18 @@ use crate::item::MaybeItemFn;
 /// The longest TTL, stale window, lock lease or wait the attribute accepts.
 const DAY: Duration = Duration::from_secs(86_400);
 
+/// Characters a key segment may not contain besides white space: the runtime's
+/// `aside::key::SEGMENT_RESERVED` (a test on each side pins both).
+const SEGMENT_RESERVED: &str = "{}*?[]";
+
 /// The shortest lock lease, as the runtime's `policy::MIN_LOCK_TTL`: a lease is
 /// renewed every third of its length, so a shorter one could expire between
 /// renewals and nothing would be stored. (`tests/policy_edges.rs` pins the two
 /// against each other.)
 const MIN_LOCK_TTL: Duration = Duration::from_secs(1);
 
-/// The default `ttl`.
+/// The default `ttl`: the runtime's `policy::DEFAULT_TTL` (pinned by
+/// `tests/policy_edges.rs`).
 const DEFAULT_TTL: Duration = Duration::from_secs(300);
 
 /// How the return value is cached, chosen by the syntax of the return type.
@@ -423,7 +428,10 @@ fn is_key_segment(cx: &Ctxt, what: &str, lit: &LitStr) -> String {
     let value = lit.value();
     if value.is_empty() {
         cx.error(lit.span(), format!("`{what}` must not be empty"));
-    } else if let Some(bad) = value.chars().find(|c| c.is_whitespace() || "{}*?[]".contains(*c)) {
+    } else if let Some(bad) = value
+        .chars()
+        .find(|c| c.is_whitespace() || SEGMENT_RESERVED.contains(*c))
+    {
         cx.error(
             lit.span(),
             format!(
@@ -614,5 +622,24 @@ fn no_such_argument(fn_name: &Ident, params: &[Param]) -> String {
         format!("`{fn_name}` has no arguments")
     } else {
         format!("`{fn_name}` has no such argument (it has {})", names.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod shared_facts {
+    use super::*;
+
+    /// The same literals are pinned on the runtime's side (`key.rs`, `policy.rs`).
+    #[test]
+    fn agree_with_the_runtime() {
+        assert_eq!(SEGMENT_RESERVED, "{}*?[]");
+        assert_eq!(
+            (MIN_LOCK_TTL, DEFAULT_TTL, DAY),
+            (
+                Duration::from_secs(1),
+                Duration::from_secs(300),
+                Duration::from_secs(86_400)
+            )
+        );
     }
 }

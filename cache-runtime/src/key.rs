@@ -35,6 +35,24 @@ const RESERVED: [char; 2] = ['{', '}'];
 
 /// Refuses a tag (or a rendered template) that contains hash-slot braces.
 ///
+
+/// Characters a `prefix` or `name` segment may not contain, besides white
+/// space: hash-slot braces and glob characters. The macro checks the same set
+/// at compile time (its `SEGMENT_RESERVED`; a test on each side pins both to
+/// this text).
+pub const SEGMENT_RESERVED: &str = "{}*?[]";
+
+/// `true` if `segment` can be a `prefix` or `name` key segment: non-empty, no
+/// white space, nothing of [`SEGMENT_RESERVED`].
+///
+/// ```
+/// assert!(aside::key::is_key_segment("computed"));
+/// assert!(!aside::key::is_key_segment("a*b"));
+/// ```
+pub fn is_key_segment(segment: &str) -> bool {
+    !segment.is_empty() && !segment.contains(|c: char| c.is_whitespace() || SEGMENT_RESERVED.contains(c))
+}
+
 /// The text itself is left out of the problem: tags may carry user ids.
 pub(crate) fn check_braces(what: &str, text: &str) -> Result<(), String> {
     if text.contains(RESERVED) {
@@ -149,7 +167,7 @@ impl Key {
 
     fn function(prefix: Cow<'static, str>, name: Cow<'static, str>, version: u32, args: String) -> Key {
         for (what, segment) in [("prefix", &prefix), ("name", &name)] {
-            if segment.is_empty() || segment.contains(|c: char| c.is_whitespace() || "{}*?[]".contains(c)) {
+            if !is_key_segment(segment) {
                 return Key(Repr::Invalid(format!(
                     "{what} `{segment}` must be non-empty, without white space, braces or glob characters"
                 )));
@@ -365,6 +383,13 @@ pub(crate) fn companion_key(entry: &str, suffix: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_segment_rule_is_the_one_the_macro_checks() {
+        // The same literal is pinned in cache-macros' check.rs tests.
+        assert_eq!(SEGMENT_RESERVED, "{}*?[]");
+        assert!(!is_key_segment("a b") && !is_key_segment("") && is_key_segment("a.b-c_d"));
+    }
     use super::*;
     use std::collections::HashMap;
 

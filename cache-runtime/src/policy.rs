@@ -30,6 +30,9 @@ pub struct Policy {
     unusable: Option<String>,
 }
 
+/// The fresh lifetime of a `Policy::default()` and of `#[cached]` without `ttl`.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+
 /// The shortest lock lease: it is renewed every third of its length, so a
 /// shorter one could expire between two renewals (each a round trip, up to the
 /// operation timeout) and nothing would ever be stored.
@@ -46,7 +49,7 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 impl Default for Policy {
     /// A 300 s TTL, no stale window, a 3 s lock lease and a 10 s wait.
     fn default() -> Self {
-        Policy::new(Duration::from_secs(300))
+        Policy::new(DEFAULT_TTL)
     }
 }
 

@@ -10,8 +10,10 @@ use crate::policy::Policy;
 /// what of it is stored, and how a stored value becomes a result again.
 ///
 /// Implemented for `Result<T, E>` (only `Ok` is stored), `Option<T>` (`None` only
-/// with [`Policy::cache_none`]) and [`Plain<T>`] (always stored).
-pub trait Outcome: Sized {
+/// with [`Policy::cache_none`]) and [`Plain<T>`] (always stored). Sealed: the
+/// cache's guarantees rest on these three meanings of "cacheable", so it cannot
+/// be implemented elsewhere; wrap another type in [`Plain`].
+pub trait Outcome: Sized + sealed::Sealed {
     /// The stored type.
     type Value: Serialize + DeserializeOwned;
 
@@ -20,6 +22,15 @@ pub trait Outcome: Sized {
 
     /// Rebuilds a result from a stored value.
     fn from_cached(value: Self::Value) -> Self;
+}
+
+mod sealed {
+    /// Keeps [`Outcome`](super::Outcome) to the types of this module.
+    pub trait Sealed {}
+
+    impl<T, E> Sealed for Result<T, E> {}
+    impl<T> Sealed for Option<T> {}
+    impl<T> Sealed for super::Plain<T> {}
 }
 
 impl<T: Serialize + DeserializeOwned, E> Outcome for Result<T, E> {

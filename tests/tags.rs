@@ -27,6 +27,7 @@ on_backends!(
     tag_sets_are_pruned_as_members_age,
     invalidating_many_entries_runs_in_batches,
     an_interrupted_invalidate_tag_is_finished_by_the_next,
+    tag_sets_hold_live_entries_not_history,
 );
 
 /// Runs one cached call of `key` under `policy`, counting computations in `runs`.
@@ -220,6 +221,48 @@ async fn tag_sets_are_pruned_as_members_age(fx: Fixture) {
         ttl > 0 && ttl <= 1000,
         "the set lives as long as its newest member: {ttl}"
     );
+}
+
+/// With the default 24 h ceiling, members go when their own entries expire
+/// (TTL plus lease), not a fixed horizon after they were recorded: a busy tag
+/// of short-lived entries holds its live members, and an invalidation pays for
+/// those only.
+async fn tag_sets_hold_live_entries_not_history(fx: Fixture) {
+    let cache = fx.cache().await;
+    let runs = AtomicUsize::new(0);
+    let short = Policy::new(Duration::from_secs(1))
+        .lock_ttl(Duration::from_secs(1))
+        .tags(["feed"]);
+    let long = Policy::new(Duration::from_secs(300)).tags(["feed"]);
+    for i in 0..50 {
+        call(&cache, &format!("short:{i}"), &short, &runs).await;
+    }
+    call(&cache, "long", &long, &runs).await;
+    let mut conn = open_tag_node(&fx, "aside~tag:feed");
+    let card = |conn: &mut redis::Connection| -> i64 { redis::cmd("ZCARD").arg("aside~tag:feed").query(conn).unwrap() };
+    assert_eq!(card(&mut conn), 51);
+    // Each member's score is the latest its entry can expire, on the server's clock.
+    let (now, score): (Vec<String>, Option<f64>) = redis::pipe()
+        .cmd("TIME")
+        .cmd("ZSCORE")
+        .arg("aside~tag:feed")
+        .arg("aside:long")
+        .query(&mut conn)
+        .unwrap();
+    let now_ms = now[0].parse::<f64>().unwrap() * 1e3 + (now[1].parse::<f64>().unwrap() / 1e3).floor();
+    let left = score.unwrap() - now_ms;
+    assert!(
+        left > 300_000.0 && left <= 330_000.0,
+        "scored by its expiry, TTL plus lease: {left} ms from now"
+    );
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    call(&cache, "short:new", &short, &runs).await;
+    assert_eq!(
+        card(&mut conn),
+        2,
+        "the 50 expired members are pruned at the next record; the live ones stay"
+    );
+    assert_eq!(cache.invalidate_tag("feed").await.unwrap(), 2);
 }
 
 fn open_tag_node(fx: &Fixture, key: &str) -> redis::Connection {

@@ -619,7 +619,7 @@ impl Cache {
                 .map(|tag| tags::tag_key(&settings.namespace, tag))
                 .collect(),
             lifetime: lifetime.max(Duration::from_millis(1)),
-            horizon: tags::prune_horizon(settings.max_ttl),
+            ceiling: settings.max_ttl,
             lease_ttl: clamp(policy.lock_lease(), settings.max_ttl)
                 .ttl
                 .max(Duration::from_millis(1)),

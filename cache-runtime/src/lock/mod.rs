@@ -143,7 +143,8 @@ pub(crate) struct Plan<'a> {
     pub(crate) tag_keys: Vec<String>,
     /// How long the entry lives in the store (fresh + stale, clamped).
     pub(crate) lifetime: Duration,
-    pub(crate) horizon: Duration,
+    /// The ceiling on every TTL (`CACHE_MAX_TTL`).
+    pub(crate) ceiling: Duration,
     pub(crate) lease_ttl: Duration,
     /// When this call stops waiting for another's computation and computes
     /// itself: one deadline for the whole call, however it waits.
@@ -157,10 +158,13 @@ impl Plan<'_> {
         if self.tag_keys.is_empty() {
             return Ok(());
         }
-        // A tag set outlives the lease too, so it cannot expire between renewals.
-        let keep_for = self.lifetime.max(self.lease_ttl);
+        // The latest the entry can expire, counted from now: a store needs the
+        // lease, taken or renewed before this record and lasting `lease_ttl`,
+        // and the entry then lives `lifetime`. Members are pruned after it, and
+        // a set lives as long as its longest-lived member (within the ceiling).
+        let member_lifetime = self.lifetime.saturating_add(self.lease_ttl);
         self.store
-            .register(self.entry, &self.tag_keys, keep_for, self.horizon)
+            .register(self.entry, &self.tag_keys, member_lifetime, self.ceiling)
             .await
     }
 

@@ -468,12 +468,12 @@ impl Backend for RedisStore {
         Ok(started.elapsed())
     }
 
-    async fn register(&self, entry: &str, tag_keys: &[String], lifetime: Duration, horizon: Duration) -> Result<()> {
-        let (lifetime, horizon) = (millis(lifetime), millis(horizon));
+    async fn register(&self, entry: &str, tag_keys: &[String], lifetime: Duration, ceiling: Duration) -> Result<()> {
+        let (lifetime, ceiling) = (millis(lifetime), millis(ceiling));
         let each = tag_keys.iter().map(|tag_key| {
             self.call("register tag", move |mut conn| async move {
                 let mut invocation = scripts::REGISTER.key(tag_key);
-                invocation.arg(entry).arg(lifetime).arg(horizon);
+                invocation.arg(entry).arg(lifetime).arg(ceiling);
                 invocation.invoke_async::<i64>(&mut conn).await
             })
         });

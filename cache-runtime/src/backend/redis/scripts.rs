@@ -100,18 +100,22 @@ return removed
     )
 });
 
-/// KEYS: tag set. ARGV: entry, lifetime ms, horizon ms.
-/// Scores are the time of each member's latest registration on the tag node's
-/// clock; they only drive pruning.
+/// KEYS: tag set. ARGV: entry, member lifetime ms, ceiling ms.
+/// Scores are when each member's entry expires at the latest (now + its
+/// lifetime, on the tag node's clock): members whose entries must be gone are
+/// pruned, and the set lives as long as its longest-lived member, at most the
+/// ceiling.
 pub(crate) static REGISTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], 'GT', now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[3])))
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local lifetime = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], 'GT', now + lifetime, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
+local keep = math.min(lifetime, tonumber(ARGV[3]))
+if redis.call('PTTL', KEYS[1]) < keep then
+  redis.call('PEXPIRE', KEYS[1], keep)
 end
 return 1
 ",

@@ -297,9 +297,9 @@ impl RedisStore {
 
     /// Removes each group's entries and leases with [`scripts::INVALIDATE_BATCH`]
     /// (at most [`ENTRIES_PER_SCRIPT`] a script, several in flight), dropping them
-    /// from `detached` too when given (single node: it shares their slot);
-    /// returns how many entries existed.
-    async fn remove_batches(&self, groups: Vec<Vec<String>>, detached: Option<&str>) -> Result<u64> {
+    /// from the detached set too when given with the tag's pending list (single
+    /// node: they share a slot); returns how many entries existed.
+    async fn remove_batches(&self, groups: Vec<Vec<String>>, detached: Option<(&str, &str)>) -> Result<u64> {
         let chunks = groups
             .into_iter()
             .flat_map(|group| {
@@ -318,8 +318,8 @@ impl RedisStore {
                 self.call("invalidate batch", |mut conn| async move {
                     let mut invocation = scripts::INVALIDATE_BATCH.prepare_invoke();
                     invocation.key(entries).key(leases);
-                    if let Some(detached) = detached {
-                        invocation.key(detached);
+                    if let Some((detached, pending)) = detached {
+                        invocation.key(detached).key(pending);
                     }
                     invocation.arg(entries.len());
                     invocation.invoke_async::<u64>(&mut conn).await
@@ -344,17 +344,32 @@ impl RedisStore {
             read.arg(detached).arg(0).arg(TAG_BATCH - 1);
             let members: Vec<String> = self.run("ZRANGE", &read).await?;
             if members.is_empty() {
+                self.finish_detached(detached, pending).await?;
                 break;
             }
+            // Nothing is added to a detached set: a short read took all that is left.
+            let last = members.len() < TAG_BATCH;
             if single {
-                removed += self.remove_batches(vec![members], Some(detached)).await?;
+                // The scripts also drop the set from the pending list once it is empty.
+                removed += self.remove_batches(vec![members], Some((detached, pending))).await?;
             } else {
                 let mut forget = redis::cmd("ZREM");
                 forget.arg(detached).arg(&members);
                 removed += self.invalidate_entries(members).await?;
                 let _: u64 = self.run("ZREM", &forget).await?;
+                if last {
+                    self.finish_detached(detached, pending).await?;
+                }
+            }
+            if last {
+                break;
             }
         }
+        Ok(removed)
+    }
+
+    /// Drops an emptied detached set from the tag's pending list.
+    async fn finish_detached(&self, detached: &str, pending: &str) -> Result<()> {
         let _: i64 = self
             .call("finish detached tag", |mut conn| async move {
                 scripts::FINISH_DETACHED
@@ -364,7 +379,7 @@ impl RedisStore {
                     .await
             })
             .await?;
-        Ok(removed)
+        Ok(())
     }
 }
 

@@ -80,10 +80,11 @@ return removed
 });
 
 /// KEYS: `n` entries, their `n` leases in the same order, then optionally the
-/// detached tag set they were read from. ARGV: `n`.
+/// detached tag set they were read from and the tag's pending list. ARGV: `n`.
 /// Removes the entries and their leases (revoking computations in flight), then
 /// drops the entries from the detached set, so that whoever reads the set next
-/// finds only members nobody has removed yet; returns how many entries existed.
+/// finds only members nobody has removed yet, and drops an emptied set from
+/// the pending list; returns how many entries existed.
 /// All keys share a hash slot: on a cluster the set is left out (it lives in
 /// the tag's slot) and its members are dropped once every batch has run.
 pub(crate) static INVALIDATE_BATCH: LazyLock<Script> = LazyLock::new(|| {
@@ -92,8 +93,13 @@ pub(crate) static INVALIDATE_BATCH: LazyLock<Script> = LazyLock::new(|| {
 local n = tonumber(ARGV[1])
 local removed = redis.call('DEL', unpack(KEYS, 1, n))
 redis.call('DEL', unpack(KEYS, n + 1, 2 * n))
-if #KEYS > 2 * n then
-  redis.call('ZREM', KEYS[#KEYS], unpack(KEYS, 1, n))
+local set = KEYS[2 * n + 1]
+if set then
+  redis.call('ZREM', set, unpack(KEYS, 1, n))
+  local pending = KEYS[2 * n + 2]
+  if pending and redis.call('EXISTS', set) == 0 then
+    redis.call('SREM', pending, set)
+  end
 end
 return removed
 ",

@@ -331,6 +331,33 @@ impl RedisStore {
             .await
     }
 
+    /// Deletes entries (not their leases) with plain `DEL`s of at most 1,000
+    /// keys sharing a hash slot, several in flight; returns how many existed.
+    async fn delete_entries(&self, entries: Vec<String>) -> Result<u64> {
+        let chunks: Vec<Vec<String>> = self
+            .by_slot(entries)
+            .await?
+            .into_iter()
+            .flat_map(|group| {
+                let mut chunks = Vec::new();
+                let mut group = group.into_iter().peekable();
+                while group.peek().is_some() {
+                    chunks.push(group.by_ref().take(2 * ENTRIES_PER_SCRIPT).collect::<Vec<_>>());
+                }
+                chunks
+            })
+            .collect();
+        stream::iter(chunks)
+            .map(|keys| async move {
+                let mut delete = redis::cmd("DEL");
+                delete.arg(&keys);
+                self.run::<u64>("DEL", &delete).await
+            })
+            .buffer_unordered(INVALIDATION_CONCURRENCY)
+            .try_fold(0, |sum, removed| async move { Ok(sum + removed) })
+            .await
+    }
+
     /// Empties one detached tag set — this invalidation's, or one another left
     /// (cut short, or still running) — and drops it from the tag's pending list;
     /// returns how many entries existed. Members leave the set only once their
@@ -607,7 +634,11 @@ impl Backend for RedisStore {
                 if entries.is_empty() {
                     return Ok(0);
                 }
-                self.store.invalidate_entries(entries).await
+                if self.leases {
+                    self.store.invalidate_entries(entries).await
+                } else {
+                    self.store.delete_entries(entries).await
+                }
             }
         }
         impl AsyncBatch for &mut Gathered<'_> {
@@ -630,7 +661,9 @@ impl Backend for RedisStore {
         // Leases first, then entries: a computation that stores while the lease
         // scan runs has its entry in place before the entry scan starts, and one
         // that stores later is found by the lease scan and revoked. Either is
-        // removed before this returns, whenever its batch runs.
+        // removed before this returns, whenever its batch runs. A lease the entry
+        // scan could meet was taken after this began, by a computation that
+        // started after it: the entry scan only deletes entries.
         let mut leases = Gathered {
             store: self,
             leases: true,

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use aside::key::Piece;
 use aside::{Cache, InvalidationKind, Key, Plain, Policy};
-use support::Fixture;
+use aside_testkit::TcpProxy;
+use support::{Fixture, Server};
 
 mod support;
 
@@ -21,7 +22,13 @@ on_backends!(
     invalidations_are_announced_as_events,
 );
 
-on_backends!([redis, cluster] tag_sets_are_pruned_as_members_age, invalidating_many_entries_runs_in_batches);
+on_backends!(
+    [redis, cluster]
+    tag_sets_are_pruned_as_members_age,
+    invalidating_many_entries_runs_in_batches,
+    an_interrupted_invalidate_tag_is_finished_by_the_next,
+    tag_sets_hold_live_entries_not_history,
+);
 
 /// Runs one cached call of `key` under `policy`, counting computations in `runs`.
 async fn call(cache: &Cache, key: &str, policy: &Policy, runs: &AtomicUsize) -> u32 {
@@ -216,6 +223,48 @@ async fn tag_sets_are_pruned_as_members_age(fx: Fixture) {
     );
 }
 
+/// With the default 24 h ceiling, members go when their own entries expire
+/// (TTL plus lease), not a fixed horizon after they were recorded: a busy tag
+/// of short-lived entries holds its live members, and an invalidation pays for
+/// those only.
+async fn tag_sets_hold_live_entries_not_history(fx: Fixture) {
+    let cache = fx.cache().await;
+    let runs = AtomicUsize::new(0);
+    let short = Policy::new(Duration::from_secs(1))
+        .lock_ttl(Duration::from_secs(1))
+        .tags(["feed"]);
+    let long = Policy::new(Duration::from_secs(300)).tags(["feed"]);
+    for i in 0..50 {
+        call(&cache, &format!("short:{i}"), &short, &runs).await;
+    }
+    call(&cache, "long", &long, &runs).await;
+    let mut conn = open_tag_node(&fx, "aside~tag:feed");
+    let card = |conn: &mut redis::Connection| -> i64 { redis::cmd("ZCARD").arg("aside~tag:feed").query(conn).unwrap() };
+    assert_eq!(card(&mut conn), 51);
+    // Each member's score is the latest its entry can expire, on the server's clock.
+    let (now, score): (Vec<String>, Option<f64>) = redis::pipe()
+        .cmd("TIME")
+        .cmd("ZSCORE")
+        .arg("aside~tag:feed")
+        .arg("aside:long")
+        .query(&mut conn)
+        .unwrap();
+    let now_ms = now[0].parse::<f64>().unwrap() * 1e3 + (now[1].parse::<f64>().unwrap() / 1e3).floor();
+    let left = score.unwrap() - now_ms;
+    assert!(
+        left > 300_000.0 && left <= 330_000.0,
+        "scored by its expiry, TTL plus lease: {left} ms from now"
+    );
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    call(&cache, "short:new", &short, &runs).await;
+    assert_eq!(
+        card(&mut conn),
+        2,
+        "the 50 expired members are pruned at the next record; the live ones stay"
+    );
+    assert_eq!(cache.invalidate_tag("feed").await.unwrap(), 2);
+}
+
 fn open_tag_node(fx: &Fixture, key: &str) -> redis::Connection {
     match &fx.server {
         support::Server::Single(server) => server.connection(),
@@ -252,4 +301,106 @@ async fn invalidating_many_entries_runs_in_batches(fx: Fixture) {
         Vec::<String>::new(),
         "entries, leases and the tag set are all gone"
     );
+}
+
+/// Computes (and tags) every key of `keys` that is not cached, 32 at a time,
+/// until all are stored (on a loaded machine a few calls may time out and fail
+/// open without storing).
+async fn populate(cache: &Cache, keys: &[String], policy: &Policy, runs: &AtomicUsize) {
+    use futures_util::StreamExt;
+    for _ in 0..10 {
+        futures_util::stream::iter(keys)
+            .for_each_concurrent(32, |key| async move {
+                call(cache, key, policy, runs).await;
+            })
+            .await;
+        let mut stored = 0;
+        for key in keys {
+            stored += usize::from(cache.exists(key.as_str()).await.unwrap_or(false));
+        }
+        if stored == keys.len() {
+            return;
+        }
+    }
+    panic!("could not store every entry");
+}
+
+/// The entries of `prefix` still in Redis, read from the servers themselves.
+fn entries_left(fx: &Fixture, prefix: &str) -> usize {
+    fx.all_keys().iter().filter(|key| key.starts_with(prefix)).count()
+}
+
+/// "Log out everywhere" that is cut short — its caller gives up (a timeout, a
+/// dropped request) on a single node, a stalled master on a cluster — after it
+/// took the tag's members: the next invalidation of the tag finishes the work,
+/// removes every entry left and counts exactly those.
+async fn an_interrupted_invalidate_tag_is_finished_by_the_next(fx: Fixture) {
+    const N: usize = 6_000;
+    let tag = "sessions:user:7";
+    let tag_key = format!("aside~tag:{tag}");
+    let policy = Policy::default().tags([tag]);
+    let runs = AtomicUsize::new(0);
+    let keys: Vec<String> = (0..N).map(|i| format!("session:{i}")).collect();
+    let (cache, _proxy) = match &fx.server {
+        Server::Single(server) => {
+            let proxy = TcpProxy::start(server.port());
+            let cache = Cache::builder().redis_url(&proxy.url()).build().await.unwrap();
+            populate(&cache, &keys, &policy, &runs).await;
+            assert_eq!(entries_left(&fx, "aside:session:"), N);
+            // Every round trip takes at least 40 ms from now on: the caller gives
+            // up once the set is detached, long before every entry is gone.
+            proxy.set_latency(Duration::from_millis(20));
+            let mut cut = Duration::from_millis(150);
+            for _ in 0..8 {
+                let outcome = tokio::time::timeout(cut, cache.invalidate_tag(tag)).await;
+                assert!(outcome.is_err(), "the invalidation finished within {cut:?}");
+                // A request sent before the cut still lands.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if fx.pttl(&tag_key).is_none() {
+                    break;
+                }
+                cut += Duration::from_millis(40);
+            }
+            proxy.set_latency(Duration::ZERO);
+            (cache, Some(proxy))
+        }
+        Server::Cluster(cluster) => {
+            let cache = fx.cache().await;
+            populate(&cache, &keys, &policy, &runs).await;
+            assert_eq!(entries_left(&fx, "aside:session:"), N);
+            // One invalidation first, so every master has loaded the scripts:
+            // loading one asks all masters, the stalled one too.
+            let warm: Vec<String> = (0..64).map(|i| format!("warm:{i}")).collect();
+            populate(&cache, &warm, &Policy::default().tags(["warm"]), &runs).await;
+            assert_eq!(cache.invalidate_tag("warm").await.unwrap(), 64);
+            // A master holding entries but not the tag set stalls past the
+            // operation timeout while the invalidation runs.
+            let tag_node = cluster.node_for_key(&tag_key);
+            let stalled = &cluster.nodes()[(tag_node + 1) % cluster.nodes().len()];
+            stalled.freeze();
+            let outcome = cache.invalidate_tag(tag).await;
+            stalled.thaw();
+            assert!(outcome.is_err(), "a stalled master fails the invalidation: {outcome:?}");
+            (cache, None)
+        }
+        Server::Memory => unreachable!("a memory invalidation cannot be cut short"),
+    };
+    assert!(fx.pttl(&tag_key).is_none(), "the interrupted invalidation took the set");
+    // Requests sent before the cut may still land; let them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stuck = std::time::Instant::now();
+    while cache.ping().await.is_err() {
+        assert!(stuck.elapsed() < Duration::from_secs(30), "Redis never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = entries_left(&fx, "aside:session:");
+    assert!(left > 0, "the interruption came after every entry was gone");
+    assert_eq!(
+        cache.invalidate_tag(tag).await.unwrap(),
+        left as u64,
+        "the retry removes, and counts, what was left"
+    );
+    assert_eq!(entries_left(&fx, "aside:session:"), 0, "every session is gone");
+    assert_eq!(cache.invalidate_tag(tag).await.unwrap(), 0);
+    assert_eq!(fx.all_keys(), Vec::<String>::new(), "no bookkeeping is left behind");
 }

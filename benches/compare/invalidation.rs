@@ -170,7 +170,7 @@ pub async fn pattern(s: &Settings, results: &mut Results) {
     let raw_keys: Vec<String> = (0..n).map(|id| format!("raw:patterned:{id}")).collect();
     println!(
         "# invalidate_pattern: {} matching entries among {} unrelated keys; aside: SCAN of leases then of entries, \
-         one script per entry; raw: SCAN MATCH COUNT 1000 + DEL per batch; cached: async_cache_clear (SCAN COUNT 100 + DEL)",
+         a script per <= 499 leased entries (entry + lease), DEL per <= 998 stored ones; raw: SCAN MATCH COUNT 1000 + DEL per batch; cached: async_cache_clear (SCAN COUNT 100 + DEL)",
         size_label(n),
         size_label(s.pattern_background)
     );

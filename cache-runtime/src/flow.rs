@@ -21,7 +21,6 @@ use crate::outcome::Outcome;
 use crate::policy::{clamp, Policy};
 use crate::redact::Redacted;
 use crate::stats::{Event, Probe};
-use crate::tags;
 
 /// What every call of one cache shares.
 #[derive(Debug)]
@@ -94,7 +93,7 @@ where
                 namespace: &settings.namespace,
                 tags: policy.tag_list(),
                 lifetime: lifetime.max(Duration::from_millis(1)),
-                horizon: tags::prune_horizon(settings.max_ttl),
+                ceiling: settings.max_ttl,
                 ttl: clamp(policy.lock_lease(), settings.max_ttl).ttl,
             },
             started,

@@ -1,6 +1,9 @@
 //! Tag sets: where a tag's members are recorded, and for how long.
-
-use std::time::Duration;
+//!
+//! A member is scored by the latest time its entry can expire (its lifetime
+//! plus the lease it is computed under, from its latest record); it is pruned
+//! once that has passed, and a set lives as long as its longest-lived member,
+//! within the TTL ceiling. A busy tag set thus holds live entries, not history.
 
 use crate::error::Error;
 use crate::key::{check_braces, Piece};
@@ -11,13 +14,6 @@ use crate::key::{check_braces, Piece};
 /// applied under `{namespace}:`) can match, and delete, the bookkeeping itself.
 pub(crate) fn tag_key(namespace: &str, tag: &str) -> String {
     format!("{namespace}~tag:{tag}")
-}
-
-/// Members last registered longer ago than this are pruned: their entries have
-/// expired (an entry lives at most the ceiling from its store), unless one
-/// computation ran for longer than the ceiling itself.
-pub(crate) fn prune_horizon(ceiling: Duration) -> Duration {
-    ceiling.saturating_mul(2)
 }
 
 /// Checks a [`tag!`](crate::tag) template at compile time: `{}` once per value,

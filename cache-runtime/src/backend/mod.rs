@@ -79,14 +79,15 @@ pub(crate) trait Backend: Send + Sync {
     fn ping(&self) -> impl Future<Output = Result<Duration>> + Send;
 
     /// Records `entry` in each tag set of `tag_keys` (or renews its record),
-    /// keeping each set alive for at least `lifetime` and pruning members last
-    /// registered more than `horizon` ago.
+    /// scored by when its entry expires at the latest (`lifetime` from now),
+    /// pruning members whose entries have expired, and keeping each set alive
+    /// for `lifetime` at least, within `ceiling`.
     fn register(
         &self,
         entry: &str,
         tag_keys: &[String],
         lifetime: Duration,
-        horizon: Duration,
+        ceiling: Duration,
     ) -> impl Future<Output = Result<()>> + Send;
     /// Takes the lease of `entry` for `token` if it is free (or always, with
     /// `steal`); in the same step, reads the entry (not when stealing), so a
@@ -119,7 +120,9 @@ pub(crate) trait Backend: Send + Sync {
     /// flight); `true` if the entry existed.
     fn invalidate_entry(&self, entry: &str) -> impl Future<Output = Result<bool>> + Send;
     /// Removes every entry registered in the tag set before this call (stored or
-    /// being computed), with their leases, in batches; returns how many entries existed.
+    /// being computed), with their leases, in batches — and what an earlier
+    /// invalidation of the tag left when it was cut short; returns how many
+    /// entries existed.
     fn invalidate_tag(&self, tag_key: &str) -> impl Future<Output = Result<u64>> + Send;
     /// Removes every entry whose full key matches the glob, and revokes the leases
     /// of matching entries being computed; returns how many entries existed.
@@ -169,8 +172,8 @@ impl Backend for Store {
         dispatch!(self, store => store.ping().await)
     }
 
-    async fn register(&self, entry: &str, tag_keys: &[String], lifetime: Duration, horizon: Duration) -> Result<()> {
-        dispatch!(self, store => store.register(entry, tag_keys, lifetime, horizon).await)
+    async fn register(&self, entry: &str, tag_keys: &[String], lifetime: Duration, ceiling: Duration) -> Result<()> {
+        dispatch!(self, store => store.register(entry, tag_keys, lifetime, ceiling).await)
     }
 
     async fn acquire_lease(&self, entry: &str, token: &str, ttl: Duration, steal: bool) -> Result<Acquired> {

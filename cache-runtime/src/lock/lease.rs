@@ -25,8 +25,8 @@ pub(crate) struct Lease<'a> {
     pub(crate) tags: &'a [String],
     /// How long the entry lives in the store (fresh + stale, clamped).
     pub(crate) lifetime: Duration,
-    /// Tag members older than this are pruned.
-    pub(crate) horizon: Duration,
+    /// The TTL ceiling: no tag set outlives it.
+    pub(crate) ceiling: Duration,
     /// How long the lease lasts unless renewed.
     pub(crate) ttl: Duration,
 }
@@ -42,25 +42,24 @@ pub(crate) enum Waited {
 
 impl<'a> Lease<'a> {
     /// Records the entry in its tag sets (again: it may have been pruned, or its
-    /// set expired or been detached by an invalidation, meanwhile), keeping each
-    /// set for at least `keep_for`.
-    async fn register(&self, keep_for: Duration) -> crate::Result<()> {
+    /// set expired or been detached by an invalidation, meanwhile), scored by
+    /// the latest the entry can expire counted from now: a store needs the
+    /// lease, taken or renewed before this record and lasting `ttl`, and the
+    /// entry then lives `lifetime`.
+    async fn register(&self) -> crate::Result<()> {
         if self.tags.is_empty() {
             return Ok(());
         }
         let tag_keys: Vec<String> = self.tags.iter().map(|tag| tags::tag_key(self.namespace, tag)).collect();
-        self.store.register(self.entry, &tag_keys, keep_for, self.horizon).await
+        let member_lifetime = self.lifetime.saturating_add(self.ttl);
+        self.store
+            .register(self.entry, &tag_keys, member_lifetime, self.ceiling)
+            .await
     }
 
-    /// While computing, a tag set outlives the lease too, so it cannot expire
-    /// between renewals.
-    fn while_computing(&self) -> Duration {
-        self.lifetime.max(self.ttl)
-    }
-
-    /// Tries for the lease. `Ok(None)`: another computation holds it. With the lease come the entry's
-    /// bytes as they were when it was taken: another process may have stored
-    /// since the caller's miss.
+    /// Tries for the lease. `Ok(None)`: another computation holds it. With the
+    /// lease come the entry's bytes as they were when it was taken: another
+    /// process may have stored since the caller's miss.
     pub(crate) async fn take(&self) -> crate::Result<Option<(Held<'a>, Option<Bytes>)>> {
         // Armed before the request is sent: if this future is dropped while the
         // request is under way, the lease it may have taken is freed.
@@ -85,7 +84,6 @@ impl<'a> Lease<'a> {
         self.store
             .acquire_lease(self.entry, &held.token, self.ttl, true)
             .await?;
-        self.register(self.while_computing()).await?;
         Ok(held)
     }
 
@@ -134,6 +132,8 @@ pub(crate) struct Held<'a> {
     lease: Lease<'a>,
     token: String,
     armed: bool,
+    /// When the entry was last recorded in its tag sets.
+    recorded_at: std::sync::Mutex<Instant>,
 }
 
 impl<'a> Held<'a> {
@@ -142,6 +142,7 @@ impl<'a> Held<'a> {
             lease,
             token: new_token(),
             armed: true,
+            recorded_at: std::sync::Mutex::new(Instant::now()),
         }
     }
 
@@ -154,7 +155,14 @@ impl<'a> Held<'a> {
     /// the lease is taken: see the protocol in [`lock`](crate::lock)). On an
     /// error the caller drops the lease, which frees it.
     pub(crate) async fn record_tags(&self) -> crate::Result<()> {
-        self.lease.register(self.lease.while_computing()).await
+        self.lease.register().await?;
+        self.recorded();
+        Ok(())
+    }
+
+    /// Notes a successful record of the entry in its tag sets.
+    fn recorded(&self) {
+        *self.recorded_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
 
     /// Runs `computation` while renewing the lease (and the tag records) every
@@ -175,22 +183,30 @@ impl<'a> Held<'a> {
                         Err(error) => tracing::debug!(target: "aside", entry = %Redacted(lease.entry), %error,
                             "lease renewal failed"),
                     }
-                    if let Err(error) = lease.register(lease.while_computing()).await {
-                        tracing::debug!(target: "aside", entry = %Redacted(lease.entry), %error, "tag renewal failed");
+                    match lease.register().await {
+                        Ok(()) => self.recorded(),
+                        Err(error) => tracing::debug!(target: "aside", entry = %Redacted(lease.entry), %error,
+                            "tag renewal failed"),
                     }
                 }
             }
         }
     }
 
-    /// Re-records the entry (it may have been pruned or expired meanwhile), then
-    /// stores it if this token still holds the lease, freeing it. `Ok(false)`:
-    /// an invalidation revoked the lease and the value was refused. On an error
-    /// the lease is freed in the background.
+    /// Stores the entry if this token still holds the lease, freeing it.
+    /// `Ok(false)`: an invalidation revoked the lease and the value was refused.
+    /// On an error the lease is freed in the background.
+    ///
+    /// The tag records need no renewal first when the latest one succeeded
+    /// within the last half lease: each covers the entry's lifetime plus a whole
+    /// lease from its moment, which is past the stored entry's expiry. (A record
+    /// an invalidation detached meanwhile revoked the lease: the store is refused.)
     pub(crate) async fn store(self, bytes: Bytes, ttl: Duration) -> crate::Result<bool> {
         let lease = self.lease;
-        // Stored, the entry lives `lifetime`: so need its tag sets.
-        lease.register(lease.lifetime).await?;
+        let recorded_at = *self.recorded_at.lock().unwrap_or_else(|e| e.into_inner());
+        if !lease.tags.is_empty() && recorded_at.elapsed() > lease.ttl / 2 {
+            lease.register().await?;
+        }
         let stored = lease.store.store_leased(lease.entry, &self.token, bytes, ttl).await?;
         self.disarm();
         Ok(stored)

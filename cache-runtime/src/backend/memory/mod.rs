@@ -1,7 +1,7 @@
 //! The in-process store: a bounded moka cache with a TTL per entry, plus leases
-//! and tag sets under one lock each, mirroring what Redis keeps.
+//! under one lock and tag sets in shards, mirroring what Redis keeps.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -40,21 +40,87 @@ struct Lease {
     expires_at: Instant,
 }
 
+/// Tag-set shards: registrations and invalidations of different tags mostly
+/// take different locks, and none walks every set.
+const TAG_SHARDS: usize = 64;
+/// How often a shard drops the sets whose members have all expired.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Debug)]
 struct TagSet {
-    /// Entry key → when it was last registered.
-    members: HashMap<String, Instant>,
+    /// Entry key → when its entry expires at the latest.
+    members: HashMap<Arc<str>, Instant>,
+    /// The same members ordered by that time, for pruning.
+    by_expiry: BTreeSet<(Instant, Arc<str>)>,
     expires_at: Instant,
+}
+
+impl TagSet {
+    fn new(now: Instant) -> TagSet {
+        TagSet {
+            members: HashMap::new(),
+            by_expiry: BTreeSet::new(),
+            expires_at: now,
+        }
+    }
+
+    /// Records `entry` as expiring at `expires` at the latest (a later record
+    /// wins), then prunes the members whose entries have expired.
+    fn record(&mut self, entry: &str, expires: Instant, now: Instant) {
+        match self.members.get_mut(entry) {
+            Some(known) if *known >= expires => {}
+            Some(known) => {
+                let member = self
+                    .by_expiry
+                    .take(&(*known, Arc::from(entry)))
+                    .map_or_else(|| Arc::from(entry), |(_, member)| member);
+                *known = expires;
+                self.by_expiry.insert((expires, member));
+            }
+            None => {
+                let member: Arc<str> = Arc::from(entry);
+                self.members.insert(Arc::clone(&member), expires);
+                self.by_expiry.insert((expires, member));
+            }
+        }
+        while let Some((expired, _)) = self.by_expiry.first() {
+            if *expired >= now {
+                break;
+            }
+            if let Some((_, member)) = self.by_expiry.pop_first() {
+                self.members.remove(&member);
+            }
+        }
+    }
+}
+
+/// One shard of the tag sets.
+#[derive(Debug, Default)]
+struct TagShard {
+    sets: HashMap<String, TagSet>,
+    next_sweep: Option<Instant>,
+}
+
+impl TagShard {
+    /// Drops the sets nobody registered in for their whole lifetime, at most
+    /// once per [`SWEEP_EVERY`].
+    fn sweep(&mut self, now: Instant) {
+        if self.next_sweep.is_some_and(|at| at > now) {
+            return;
+        }
+        self.sets.retain(|_, set| set.expires_at > now);
+        self.next_sweep = Some(now + SWEEP_EVERY);
+    }
 }
 
 /// Entries as encoded bytes, exactly as Redis would hold them, so both backends
 /// decode (and fail to decode) the same way.
 pub(crate) struct MemoryStore {
     entries: Moka<String, Slot>,
-    /// Lock order: `tags` before `leases`.
-    tags: Mutex<HashMap<String, TagSet>>,
+    /// Lock order: a tag shard before `leases`; never two shards at once.
+    tags: Box<[Mutex<TagShard>]>,
     leases: Mutex<HashMap<String, Lease>>,
-    /// Lease requests so far; every [`SWEEP_EVERY`]th sweeps expired leases.
+    /// Lease requests so far; every [`LEASE_SWEEP_EVERY`]th sweeps expired leases.
     lease_requests: AtomicU64,
     wake: Arc<dyn Wake>,
 }
@@ -62,7 +128,7 @@ pub(crate) struct MemoryStore {
 /// How many lease requests pass between two sweeps of expired leases (leases
 /// of computations that were never finished, nor released: a panicking
 /// computation, or a lease taken just before its caller was dropped).
-const SWEEP_EVERY: u64 = 1024;
+const LEASE_SWEEP_EVERY: u64 = 1024;
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,7 +154,7 @@ impl MemoryStore {
         };
         MemoryStore {
             entries,
-            tags: Mutex::new(HashMap::new()),
+            tags: (0..TAG_SHARDS).map(|_| Mutex::default()).collect(),
             leases: Mutex::new(HashMap::new()),
             lease_requests: AtomicU64::new(0),
             wake,
@@ -125,6 +191,13 @@ impl MemoryStore {
         if released {
             self.wake.wake(entry);
         }
+    }
+
+    /// The shard that holds `tag_key`'s set.
+    fn tag_shard(&self, tag_key: &str) -> MutexGuard<'_, TagShard> {
+        let hash = xxhash_rust::xxh3::xxh3_64(tag_key.as_bytes());
+        let index = usize::try_from(hash % TAG_SHARDS as u64).unwrap_or(0);
+        lock(&self.tags[index])
     }
 
     fn remove_entry_and_lease(&self, entry: &str) -> bool {
@@ -166,30 +239,24 @@ impl Backend for MemoryStore {
         Ok(Duration::ZERO)
     }
 
-    async fn register(&self, entry: &str, tag_keys: &[String], lifetime: Duration, horizon: Duration) -> Result<()> {
+    async fn register(&self, entry: &str, tag_keys: &[String], lifetime: Duration, ceiling: Duration) -> Result<()> {
         let now = Instant::now();
-        let mut tags = lock(&self.tags);
         for tag_key in tag_keys {
-            let set = tags.entry(tag_key.clone()).or_insert_with(|| TagSet {
-                members: HashMap::new(),
-                expires_at: now,
-            });
+            let mut shard = self.tag_shard(tag_key);
+            shard.sweep(now);
+            let set = shard.sets.entry(tag_key.clone()).or_insert_with(|| TagSet::new(now));
             if set.expires_at <= now {
-                set.members.clear();
+                *set = TagSet::new(now);
             }
-            set.members.insert(entry.to_owned(), now);
-            set.members
-                .retain(|_, registered| now.saturating_duration_since(*registered) <= horizon);
-            set.expires_at = set.expires_at.max(now + lifetime);
+            set.record(entry, now + lifetime, now);
+            set.expires_at = set.expires_at.max(now + lifetime.min(ceiling));
         }
-        // Sets nobody registered in for their whole lifetime go with it.
-        tags.retain(|_, set| set.expires_at > now);
         Ok(())
     }
 
     async fn acquire_lease(&self, entry: &str, token: &str, ttl: Duration, steal: bool) -> Result<Acquired> {
         let mut leases = lock(&self.leases);
-        if self.lease_requests.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+        if self.lease_requests.fetch_add(1, Ordering::Relaxed) % LEASE_SWEEP_EVERY == LEASE_SWEEP_EVERY - 1 {
             let now = Instant::now();
             leases.retain(|_, lease| lease.expires_at > now);
         }
@@ -255,7 +322,9 @@ impl Backend for MemoryStore {
     }
 
     async fn invalidate_tag(&self, tag_key: &str) -> Result<u64> {
-        let members = lock(&self.tags)
+        let members = self
+            .tag_shard(tag_key)
+            .sets
             .remove(tag_key)
             .map(|set| set.members)
             .unwrap_or_default();
@@ -301,7 +370,7 @@ mod tests {
     #[tokio::test]
     async fn expired_leases_are_swept() {
         let store = MemoryStore::new(MemoryCapacity::Entries(100), Arc::new(NoWake));
-        for n in 0..SWEEP_EVERY {
+        for n in 0..LEASE_SWEEP_EVERY {
             let taken = store
                 .acquire_lease(&format!("left:{n}"), "t", Duration::from_millis(1), false)
                 .await
@@ -309,7 +378,7 @@ mod tests {
             assert!(matches!(taken, Acquired::Taken(None)));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
-        for n in 0..SWEEP_EVERY {
+        for n in 0..LEASE_SWEEP_EVERY {
             store
                 .acquire_lease(&format!("live:{n}"), "t", Duration::from_secs(60), false)
                 .await
@@ -317,8 +386,96 @@ mod tests {
         }
         let held = lock(&store.leases).len();
         assert!(
-            held <= usize::try_from(SWEEP_EVERY).unwrap(),
+            held <= usize::try_from(LEASE_SWEEP_EVERY).unwrap(),
             "the abandoned leases were swept: {held} held"
         );
+    }
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn store() -> MemoryStore {
+        MemoryStore::new(MemoryCapacity::Entries(1_000), Arc::new(NoWake))
+    }
+
+    fn members(store: &MemoryStore, tag_key: &str) -> Vec<String> {
+        let shard = store.tag_shard(tag_key);
+        let mut members: Vec<String> = shard
+            .sets
+            .get(tag_key)
+            .map(|set| set.members.keys().map(|m| m.to_string()).collect())
+            .unwrap_or_default();
+        members.sort();
+        members
+    }
+
+    fn shard_of(tag_key: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(tag_key.as_bytes()) % TAG_SHARDS as u64
+    }
+
+    #[tokio::test]
+    async fn members_go_when_their_entries_expire_not_after_a_fixed_horizon() {
+        let store = store();
+        let tag = ["t".to_owned()];
+        store
+            .register("short", &tag, Duration::from_millis(20), DAY)
+            .await
+            .unwrap();
+        store
+            .register("long", &tag, Duration::from_secs(60), DAY)
+            .await
+            .unwrap();
+        // A shorter record never shortens a member's life.
+        store
+            .register("long", &tag, Duration::from_millis(1), DAY)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        store.register("new", &tag, Duration::from_secs(60), DAY).await.unwrap();
+        assert_eq!(members(&store, "t"), ["long", "new"]);
+    }
+
+    #[tokio::test]
+    async fn sets_whose_members_all_expired_are_swept_from_their_shard() {
+        let store = store();
+        let neighbour = (0..)
+            .map(|i| format!("n{i}"))
+            .find(|n| shard_of(n) == shard_of("gone"))
+            .unwrap();
+        store
+            .register("e", &["gone".to_owned()], Duration::from_millis(20), DAY)
+            .await
+            .unwrap();
+        tokio::time::sleep(SWEEP_EVERY + Duration::from_millis(50)).await;
+        store
+            .register("e", std::slice::from_ref(&neighbour), Duration::from_secs(60), DAY)
+            .await
+            .unwrap();
+        let shard = store.tag_shard("gone");
+        assert!(
+            !shard.sets.contains_key("gone"),
+            "an expired set goes at the next sweep"
+        );
+        assert!(shard.sets.contains_key(&neighbour));
+    }
+
+    #[tokio::test]
+    async fn invalidate_tag_counts_live_entries_of_the_set_only() {
+        let store = store();
+        let tag = ["t".to_owned()];
+        for entry in ["a", "b", "c"] {
+            store
+                .set(entry, Bytes::from_static(b"1"), Duration::from_secs(60))
+                .await
+                .unwrap();
+            store.register(entry, &tag, Duration::from_secs(60), DAY).await.unwrap();
+        }
+        store.invalidate_entry("c").await.unwrap();
+        store
+            .set("untagged", Bytes::from_static(b"1"), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(store.invalidate_tag("t").await.unwrap(), 2);
+        assert_eq!(store.invalidate_tag("t").await.unwrap(), 0);
+        assert!(store.exists("untagged").await.unwrap());
     }
 }

@@ -17,7 +17,7 @@ use futures_util::{stream, FutureExt, StreamExt, TryStreamExt};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
 
@@ -27,14 +27,17 @@ use crate::config::{RedisTarget, Settings};
 use crate::error::{Error, Result};
 use crate::key::companion_key;
 
-/// Entries removed or revoked concurrently per invalidation batch.
+/// Invalidation scripts in flight at once.
 const INVALIDATION_CONCURRENCY: usize = 64;
-/// Tag members popped per script call.
-const TAG_BATCH: usize = 500;
+/// Entries per invalidation script: with their leases and the detached set,
+/// at most 1,000 keys, so that no script holds Redis up for long.
+const ENTRIES_PER_SCRIPT: usize = 499;
+/// Members read from a detached tag set at once, removed by concurrent scripts.
+const TAG_BATCH: usize = 8 * ENTRIES_PER_SCRIPT;
+/// Matches of a pattern gathered over `SCAN` steps before they are removed.
+const PATTERN_BATCH: usize = 4 * ENTRIES_PER_SCRIPT;
 /// Keys asked of each `SCAN` step.
 const SCAN_COUNT: usize = 1000;
-/// How long a detached tag set outlives an invalidation that died half-way.
-const DETACHED_TTL: Duration = Duration::from_secs(600);
 /// Redirections and waits the cluster client follows for one request before
 /// giving up on it (each bounded by the operation timeout anyway).
 const CLUSTER_RETRIES: u32 = 10;
@@ -415,13 +418,138 @@ impl RedisStore {
         .await
     }
 
-    /// Invalidates many entries concurrently; returns how many existed.
+    /// Invalidates many entries (and their leases) in scripts over many keys at
+    /// once, grouped by hash slot on a cluster; returns how many existed.
     async fn invalidate_entries(&self, entries: Vec<String>) -> Result<u64> {
-        stream::iter(entries)
-            .map(|entry| async move { self.invalidate_entry(&entry).await.map(u64::from) })
+        let groups = self.by_slot(entries).await?;
+        self.remove_batches(groups, None).await
+    }
+
+    /// `entries` in groups whose keys (and leases) share a hash slot: one group
+    /// on a single node.
+    async fn by_slot(&self, entries: Vec<String>) -> Result<Vec<Vec<String>>> {
+        if matches!(self.connection().await?, Connection::Single(_)) {
+            return Ok(vec![entries]);
+        }
+        let mut slots: std::collections::HashMap<Slot, Vec<String>> = std::collections::HashMap::new();
+        for entry in entries {
+            slots.entry(Slot::for_key(&entry)).or_default().push(entry);
+        }
+        Ok(slots.into_values().collect())
+    }
+
+    /// Removes each group's entries and leases with [`scripts::INVALIDATE_BATCH`]
+    /// (at most [`ENTRIES_PER_SCRIPT`] a script, several in flight), dropping them
+    /// from the detached set too when given with the tag's pending list (single
+    /// node: they share a slot); returns how many entries existed.
+    async fn remove_batches(&self, groups: Vec<Vec<String>>, detached: Option<(&str, &str)>) -> Result<u64> {
+        let chunks = groups
+            .into_iter()
+            .flat_map(|group| {
+                let mut chunks = Vec::new();
+                let mut group = group.into_iter().peekable();
+                while group.peek().is_some() {
+                    chunks.push(group.by_ref().take(ENTRIES_PER_SCRIPT).collect::<Vec<_>>());
+                }
+                chunks
+            })
+            .collect::<Vec<_>>();
+        stream::iter(chunks)
+            .map(|entries| async move {
+                let leases: Vec<String> = entries.iter().map(|entry| lease_key(entry)).collect();
+                let (entries, leases) = (&entries, &leases);
+                self.call("invalidate batch", |mut conn| async move {
+                    let mut invocation = scripts::INVALIDATE_BATCH.prepare_invoke();
+                    invocation.key(entries).key(leases);
+                    if let Some((detached, pending)) = detached {
+                        invocation.key(detached).key(pending);
+                    }
+                    invocation.arg(entries.len());
+                    invocation.invoke_async::<u64>(&mut conn).await
+                })
+                .await
+            })
             .buffer_unordered(INVALIDATION_CONCURRENCY)
             .try_fold(0, |sum, removed| async move { Ok(sum + removed) })
             .await
+    }
+
+    /// Deletes entries (not their leases) with plain `DEL`s of at most 1,000
+    /// keys sharing a hash slot, several in flight; returns how many existed.
+    async fn delete_entries(&self, entries: Vec<String>) -> Result<u64> {
+        let chunks: Vec<Vec<String>> = self
+            .by_slot(entries)
+            .await?
+            .into_iter()
+            .flat_map(|group| {
+                let mut chunks = Vec::new();
+                let mut group = group.into_iter().peekable();
+                while group.peek().is_some() {
+                    chunks.push(group.by_ref().take(2 * ENTRIES_PER_SCRIPT).collect::<Vec<_>>());
+                }
+                chunks
+            })
+            .collect();
+        stream::iter(chunks)
+            .map(|keys| async move {
+                let mut delete = redis::cmd("DEL");
+                delete.arg(&keys);
+                self.run::<u64>("DEL", &delete).await
+            })
+            .buffer_unordered(INVALIDATION_CONCURRENCY)
+            .try_fold(0, |sum, removed| async move { Ok(sum + removed) })
+            .await
+    }
+
+    /// Empties one detached tag set — this invalidation's, or one another left
+    /// (cut short, or still running) — and drops it from the tag's pending list;
+    /// returns how many entries existed. Members leave the set only once their
+    /// entries and leases are gone, so whoever reads it finds every member not
+    /// yet removed, and a set is never written again once detached.
+    async fn empty_detached(&self, detached: &str, pending: &str) -> Result<u64> {
+        let single = matches!(self.connection().await?, Connection::Single(_));
+        let mut removed = 0;
+        loop {
+            let mut read = redis::cmd("ZRANGE");
+            read.arg(detached).arg(0).arg(TAG_BATCH - 1);
+            let members: Vec<String> = self.run("ZRANGE", &read).await?;
+            if members.is_empty() {
+                self.finish_detached(detached, pending).await?;
+                break;
+            }
+            // Nothing is added to a detached set: a short read took all that is left.
+            let last = members.len() < TAG_BATCH;
+            if single {
+                // The scripts also drop the set from the pending list once it is empty.
+                removed += self.remove_batches(vec![members], Some((detached, pending))).await?;
+            } else {
+                let mut forget = redis::cmd("ZREM");
+                forget.arg(detached).arg(&members);
+                removed += self.invalidate_entries(members).await?;
+                let _: u64 = self.run("ZREM", &forget).await?;
+                if last {
+                    self.finish_detached(detached, pending).await?;
+                }
+            }
+            if last {
+                break;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Drops an emptied detached set from the tag's pending list.
+    async fn finish_detached(&self, detached: &str, pending: &str) -> Result<()> {
+        let _: i64 = self
+            .call("finish detached tag", |mut conn| async move {
+                scripts::FINISH_DETACHED
+                    .key(detached)
+                    .key(pending)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(())
     }
 }
 
@@ -527,12 +655,12 @@ impl Backend for RedisStore {
         Ok(started.elapsed())
     }
 
-    async fn register(&self, entry: &str, tag_keys: &[String], lifetime: Duration, horizon: Duration) -> Result<()> {
-        let (lifetime, horizon) = (millis(lifetime), millis(horizon));
+    async fn register(&self, entry: &str, tag_keys: &[String], lifetime: Duration, ceiling: Duration) -> Result<()> {
+        let (lifetime, ceiling) = (millis(lifetime), millis(ceiling));
         let each = tag_keys.iter().map(|tag_key| {
             self.call("register tag", move |mut conn| async move {
                 let mut invocation = scripts::REGISTER.key(tag_key);
-                invocation.arg(entry).arg(lifetime).arg(horizon);
+                invocation.arg(entry).arg(lifetime).arg(ceiling);
                 invocation.invoke_async::<i64>(&mut conn).await
             })
         });
@@ -642,64 +770,89 @@ impl Backend for RedisStore {
     async fn invalidate_tag(&self, tag_key: &str) -> Result<u64> {
         // Detach the whole set in one step: every member registered before now —
         // whatever its score — is removed below, registrations from now on start a
-        // new set, and the loop ends however busy the tag is.
+        // new set, and the loop ends however busy the tag is. Sets detached before
+        // and not yet emptied (by an invalidation cut short, or one still running)
+        // are emptied too before this one returns.
+        let pending = companion_key(tag_key, "pending");
         let detached = companion_key(tag_key, &format!("invalidating:{}", super::new_token()));
-        let detached = &detached;
-        let ttl = millis(DETACHED_TTL);
-        let found: i64 = self
+        let (pending, detached) = (&pending, &detached);
+        let sets: Vec<String> = self
             .call("detach tag", |mut conn| async move {
                 scripts::DETACH_TAG
                     .key(tag_key)
+                    .key(pending)
                     .key(detached)
-                    .arg(ttl)
                     .invoke_async(&mut conn)
                     .await
             })
             .await?;
-        if found == 0 {
-            return Ok(0);
-        }
         let mut removed = 0;
-        loop {
-            // Read a batch, invalidate it, then drop it from the set: each step can
-            // be re-sent without losing members.
-            let mut read = redis::cmd("ZRANGE");
-            read.arg(detached).arg(0).arg(TAG_BATCH - 1);
-            let members: Vec<String> = self.run("ZRANGE", &read).await?;
-            if members.is_empty() {
-                break;
-            }
-            let mut forget = redis::cmd("ZREM");
-            forget.arg(detached).arg(&members);
-            removed += self.invalidate_entries(members).await?;
-            let _: u64 = self.run("ZREM", &forget).await?;
+        for set in &sets {
+            removed += self.empty_detached(set, pending).await?;
         }
         Ok(removed)
     }
 
     async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
-        struct Leases<'a>(&'a RedisStore);
-        impl AsyncBatch for Leases<'_> {
-            async fn batch(&mut self, keys: Vec<String>) -> Result<u64> {
-                let entries = keys
-                    .iter()
-                    .filter_map(|lease| lease.strip_prefix('{')?.strip_suffix("}:lease").map(str::to_owned))
-                    .collect();
-                self.0.invalidate_entries(entries).await
+        /// Matches gathered over `SCAN` steps and removed [`PATTERN_BATCH`] at a
+        /// time (the rest by `flush`), so each removal runs a few large scripts.
+        struct Gathered<'a> {
+            store: &'a RedisStore,
+            /// Whether the keys scanned are leases, `{E}:lease`, standing for `E`.
+            leases: bool,
+            entries: Vec<String>,
+        }
+        impl Gathered<'_> {
+            async fn flush(&mut self) -> Result<u64> {
+                let entries = std::mem::take(&mut self.entries);
+                if entries.is_empty() {
+                    return Ok(0);
+                }
+                if self.leases {
+                    self.store.invalidate_entries(entries).await
+                } else {
+                    self.store.delete_entries(entries).await
+                }
             }
         }
-        struct Entries<'a>(&'a RedisStore);
-        impl AsyncBatch for Entries<'_> {
+        impl AsyncBatch for &mut Gathered<'_> {
             async fn batch(&mut self, keys: Vec<String>) -> Result<u64> {
-                self.0.invalidate_entries(keys).await
+                if self.leases {
+                    let entries = keys
+                        .iter()
+                        .filter_map(|lease| lease.strip_prefix('{')?.strip_suffix("}:lease"))
+                        .map(str::to_owned);
+                    self.entries.extend(entries);
+                } else {
+                    self.entries.extend(keys);
+                }
+                if self.entries.len() < PATTERN_BATCH {
+                    return Ok(0);
+                }
+                self.flush().await
             }
         }
         // Leases first, then entries: a computation that stores while the lease
         // scan runs has its entry in place before the entry scan starts, and one
-        // that stores later is found by the lease scan and revoked.
-        let revoked = self.scan_each(&lease_key(pattern), Leases(self)).await?;
-        let removed = self.scan_each(pattern, Entries(self)).await?;
-        Ok(revoked + removed)
+        // that stores later is found by the lease scan and revoked. Either is
+        // removed before this returns, whenever its batch runs. A lease the entry
+        // scan could meet was taken after this began, by a computation that
+        // started after it: the entry scan only deletes entries.
+        let mut leases = Gathered {
+            store: self,
+            leases: true,
+            entries: Vec::new(),
+        };
+        let mut removed = self.scan_each(&lease_key(pattern), &mut leases).await?;
+        removed += leases.flush().await?;
+        let mut entries = Gathered {
+            store: self,
+            leases: false,
+            entries: Vec::new(),
+        };
+        removed += self.scan_each(pattern, &mut entries).await?;
+        removed += entries.flush().await?;
+        Ok(removed)
     }
 
     async fn listen(&self, limit: Duration) {

@@ -96,39 +96,88 @@ return removed
     )
 });
 
-/// KEYS: tag set. ARGV: entry, lifetime ms, horizon ms.
-/// Scores are the time of each member's latest registration on the tag node's
-/// clock; they only drive pruning.
+/// KEYS: `n` entries, their `n` leases in the same order, then optionally the
+/// detached tag set they were read from and the tag's pending list. ARGV: `n`.
+/// Removes the entries and their leases (revoking computations in flight), then
+/// drops the entries from the detached set, so that whoever reads the set next
+/// finds only members nobody has removed yet, and drops an emptied set from
+/// the pending list; returns how many entries existed.
+/// All keys share a hash slot: on a cluster the set is left out (it lives in
+/// the tag's slot) and its members are dropped once every batch has run.
+pub(crate) static INVALIDATE_BATCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local n = tonumber(ARGV[1])
+local removed = redis.call('DEL', unpack(KEYS, 1, n))
+redis.call('DEL', unpack(KEYS, n + 1, 2 * n))
+local set = KEYS[2 * n + 1]
+if set then
+  redis.call('ZREM', set, unpack(KEYS, 1, n))
+  local pending = KEYS[2 * n + 2]
+  if pending and redis.call('EXISTS', set) == 0 then
+    redis.call('SREM', pending, set)
+  end
+end
+return removed
+",
+    )
+});
+
+/// KEYS: tag set. ARGV: entry, member lifetime ms, ceiling ms.
+/// Scores are when each member's entry expires at the latest (now + its
+/// lifetime, on the tag node's clock): members whose entries must be gone are
+/// pruned, and the set lives as long as its longest-lived member, at most the
+/// ceiling.
 pub(crate) static REGISTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], 'GT', now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[3])))
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local lifetime = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], 'GT', now + lifetime, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
+local keep = math.min(lifetime, tonumber(ARGV[3]))
+if redis.call('PTTL', KEYS[1]) < keep then
+  redis.call('PEXPIRE', KEYS[1], keep)
 end
 return 1
 ",
     )
 });
 
-/// KEYS: tag set, a private key in its slot. ARGV: ttl ms for the private key.
-/// Moves every member registered so far to the private key in one step: they are
-/// what this invalidation removes, while later registrations start a new set.
+/// KEYS: tag set, the tag's pending list, a private key in its slot.
+/// Moves every member registered so far to the private key in one step (it
+/// keeps the set's expiry: as long as any member's entry may live) and lists it
+/// as pending: those members are what this invalidation removes, while later
+/// registrations start a new set. Returns every pending detached set — this
+/// one and those of invalidations still running or cut short — for the caller
+/// to empty: an interrupted invalidation is finished by the next.
 pub(crate) static DETACH_TAG: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('EXISTS', KEYS[2]) == 1 then
+if redis.call('EXISTS', KEYS[3]) == 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('RENAME', KEYS[1], KEYS[3])
+  redis.call('SADD', KEYS[2], KEYS[3])
+  local ttl = redis.call('PTTL', KEYS[3])
+  if redis.call('PTTL', KEYS[2]) < ttl then
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  end
+end
+return redis.call('SMEMBERS', KEYS[2])
+",
+    )
+});
+
+/// KEYS: a detached tag set, the tag's pending list. Drops the set from the list
+/// once it is empty; returns 1 if it did.
+pub(crate) static FINISH_DETACHED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[2], KEYS[1])
   return 1
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
-end
-redis.call('RENAME', KEYS[1], KEYS[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[1])
-return 1
+return 0
 ",
     )
 });

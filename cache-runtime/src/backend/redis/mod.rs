@@ -32,6 +32,8 @@ const INVALIDATION_CONCURRENCY: usize = 64;
 /// Entries per invalidation script: with their leases and the detached set,
 /// at most 1,000 keys, so that no script holds Redis up for long.
 const ENTRIES_PER_SCRIPT: usize = 499;
+/// How often one invalidation batch is sent when it times out.
+const BATCH_ATTEMPTS: u32 = 3;
 /// Members read from a detached tag set at once, removed by concurrent scripts.
 const TAG_BATCH: usize = 8 * ENTRIES_PER_SCRIPT;
 /// Matches of a pattern gathered over `SCAN` steps before they are removed.
@@ -458,16 +460,27 @@ impl RedisStore {
             .map(|entries| async move {
                 let leases: Vec<String> = entries.iter().map(|entry| lease_key(entry)).collect();
                 let (entries, leases) = (&entries, &leases);
-                self.call("invalidate batch", |mut conn| async move {
-                    let mut invocation = scripts::INVALIDATE_BATCH.prepare_invoke();
-                    invocation.key(entries).key(leases);
-                    if let Some((detached, pending)) = detached {
-                        invocation.key(detached).key(pending);
+                // Idempotent (deletes, and a removal from the detached set): one
+                // that timed out — its request lost while the cluster client
+                // follows a slot being moved — is sent again.
+                let mut attempt = 1;
+                loop {
+                    let sent = self
+                        .call("invalidate batch", |mut conn| async move {
+                            let mut invocation = scripts::INVALIDATE_BATCH.prepare_invoke();
+                            invocation.key(entries).key(leases);
+                            if let Some((detached, pending)) = detached {
+                                invocation.key(detached).key(pending);
+                            }
+                            invocation.arg(entries.len());
+                            invocation.invoke_async::<u64>(&mut conn).await
+                        })
+                        .await;
+                    match sent {
+                        Err(Error::Timeout { .. }) if attempt < BATCH_ATTEMPTS => attempt += 1,
+                        sent => break sent,
                     }
-                    invocation.arg(entries.len());
-                    invocation.invoke_async::<u64>(&mut conn).await
-                })
-                .await
+                }
             })
             .buffer_unordered(INVALIDATION_CONCURRENCY)
             .try_fold(0, |sum, removed| async move { Ok(sum + removed) })

@@ -434,6 +434,26 @@ async fn until_runs(url: &str, runs: u64) {
     .await;
 }
 
+/// A caller of the parent process waiting on a child's lease: when it computes,
+/// it counts the run and returns "parent"; it answers with its value and when.
+fn spawn_parent_waiter(
+    cache: &Cache,
+    policy: &Policy,
+    url: &str,
+    key: &'static str,
+) -> tokio::task::JoinHandle<(String, Instant)> {
+    let (cache, policy, url) = (cache.clone(), policy.clone(), url.to_owned());
+    tokio::spawn(async move {
+        let Plain(value) = cache
+            .get_or_compute(key, &policy, || async move {
+                incr(&mut bookkeeping(&url).await, RUNS_KEY).await;
+                Plain(String::from("parent"))
+            })
+            .await;
+        (value, Instant::now())
+    })
+}
+
 async fn a_dead_holders_lease_expires_and_a_waiter_takes_over(fx: Fixture) {
     const KEY: &str = "stampede:takeover";
     let (url, _) = urls(&fx);
@@ -447,18 +467,7 @@ async fn a_dead_holders_lease_expires_and_a_waiter_takes_over(fx: Fixture) {
         .lock_ttl(Duration::from_secs(1))
         .wait(Duration::from_secs(20))
         .function("stampede:takeover");
-    let waiter = {
-        let (cache, policy, url) = (cache.clone(), policy.clone(), url.clone());
-        tokio::spawn(async move {
-            let Plain(value) = cache
-                .get_or_compute(KEY, &policy, || async move {
-                    incr(&mut bookkeeping(&url).await, RUNS_KEY).await;
-                    Plain(String::from("parent"))
-                })
-                .await;
-            (value, Instant::now())
-        })
-    };
+    let waiter = spawn_parent_waiter(&cache, &policy, &url, KEY);
     until("the waiter waits for the child's lease", || {
         cache.stats().function("stampede:takeover").lock_waits == 1
     })
@@ -873,18 +882,7 @@ async fn a_dead_holder_is_replaced_with_the_default_settings(fx: Fixture) {
     let cache = fx.cache().await;
     let policy = defaults.function("stampede:default-takeover");
     let waiters: Vec<_> = (0..WAITERS)
-        .map(|_| {
-            let (cache, policy, url) = (cache.clone(), policy.clone(), url.clone());
-            tokio::spawn(async move {
-                let Plain(value) = cache
-                    .get_or_compute(KEY, &policy, || async move {
-                        incr(&mut bookkeeping(&url).await, RUNS_KEY).await;
-                        Plain(String::from("parent"))
-                    })
-                    .await;
-                (value, Instant::now())
-            })
-        })
+        .map(|_| spawn_parent_waiter(&cache, &policy, &url, KEY))
         .collect();
     until("the waiters wait for the child's lease", || {
         cache.stats().function("stampede:default-takeover").lock_waits == WAITERS as u64

@@ -79,6 +79,16 @@ impl Permit<'_> {
         self.settled = true;
         self.breaker.settle(self.probe, available, target);
     }
+
+    /// Reports an answer that tells nothing about Redis being up or down (a
+    /// request turned away while a slot moves): the run of failures is neither
+    /// broken nor extended. A probe that got it did reach Redis.
+    pub(crate) fn abstain(mut self, target: &dyn std::fmt::Display) {
+        self.settled = true;
+        if self.probe {
+            self.breaker.settle(true, true, target);
+        }
+    }
 }
 
 impl Drop for Permit<'_> {

@@ -297,18 +297,32 @@ impl RedisStore {
             }
         };
         let result = self.background.enter(bounded).await;
-        // A request turned away by a moving slot (still, at the end of the
-        // operation timeout) is about that slot, not Redis being down: it must
-        // not open the breaker for every key.
+        // A request still told `TRYAGAIN` at the end of the operation timeout
+        // (a slot half-migrated) says nothing either way: it neither opens the
+        // breaker for every key nor counts as Redis answering (`None`). Still
+        // redirected (`MOVED`/`ASK`), or still without a connection to the
+        // slot's node, after re-sending for the whole operation timeout is
+        // what a dead master looks like: its failures count as any node's do.
         let available = match &result {
-            Ok(_) => true,
-            Err(Error::Redis { source, .. }) if resharding(source) => true,
-            Err(error) => !error.is_unavailability(),
+            Ok(_) => Some(true),
+            Err(Error::Redis { source, .. })
+                if matches!(
+                    source.kind(),
+                    redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
+                ) =>
+            {
+                None
+            }
+            Err(Error::Redis { source, .. }) if resharding(source) => Some(false),
+            Err(error) => Some(!error.is_unavailability()),
         };
         if let Err(error) = &result {
             tracing::debug!(target: "aside", redis = %self.target, op, %error, "redis operation failed");
         }
-        permit.record(available, &self.target);
+        match available {
+            Some(available) => permit.record(available, &self.target),
+            None => permit.abstain(&self.target),
+        }
         if matches!(result, Err(Error::Timeout { .. })) && self.breaker.state() != BreakerState::Closed {
             self.replace_wedged(&cell);
         }

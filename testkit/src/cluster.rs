@@ -22,6 +22,9 @@ const READY_DEADLINE: Duration = Duration::from_secs(30);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Keys moved per `MIGRATE` while resharding, as `redis-cli --cluster reshard` does (`--cluster-pipeline`).
 const MIGRATE_BATCH: usize = 10;
+/// Checks in a row, [`POLL_INTERVAL`] apart, in which every master must name
+/// the new owner of moved slots before a reshard is over.
+const SETTLED_CHECKS: u32 = 3;
 /// `MIGRATE`'s own timeout, in milliseconds.
 const MIGRATE_TIMEOUT_MS: u64 = 5000;
 
@@ -256,7 +259,50 @@ impl RedisCluster {
             }
             owners[usize::from(slot)] = to;
         }
+        self.settle(&mut connections, &ids[to], slots, to);
         *self.slots.lock().unwrap_or_else(PoisonError::into_inner) = ranges(&owners);
+    }
+
+    /// Waits until every master names `to` as the owner of each of `slots`,
+    /// telling any that does not again: a node can still hear a stale claim by
+    /// gossip after `SETSLOT NODE` (the old owner's, with a config epoch it has
+    /// not yet seen superseded), and the next reshard would then ask a node
+    /// that no longer owns the slot to migrate it.
+    fn settle(&self, connections: &mut [redis::Connection], to_id: &str, slots: &[u16], to: usize) {
+        // The new owner's claim must carry the greatest config epoch, or a node
+        // that still holds the old owner's (greater) one hands the slots back
+        // to it by an UPDATE message, after all agreed.
+        let _: redis::RedisResult<String> = redis::cmd("CLUSTER").arg("BUMPEPOCH").query(&mut connections[to]);
+        let deadline = Instant::now() + READY_DEADLINE;
+        let mut agreed_in_a_row = 0;
+        loop {
+            let mut settled = true;
+            for (node, con) in connections.iter_mut().enumerate() {
+                let reply: Value = redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query(con)
+                    .unwrap_or_else(|err| panic!("CLUSTER SLOTS on node {node}: {err}"));
+                let seen = owners(&parse_slots(&reply, &self.nodes).unwrap_or_else(|err| panic!("{err}")));
+                for &slot in slots.iter().filter(|slot| seen[usize::from(**slot)] != to) {
+                    settled = false;
+                    let _: redis::RedisResult<()> = redis::cmd("CLUSTER")
+                        .arg("SETSLOT")
+                        .arg(slot)
+                        .arg("NODE")
+                        .arg(to_id)
+                        .query(con);
+                }
+            }
+            agreed_in_a_row = if settled { agreed_in_a_row + 1 } else { 0 };
+            if agreed_in_a_row == SETTLED_CHECKS {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the masters do not agree that node {to} owns the moved slots after {READY_DEADLINE:?}"
+            );
+            thread::sleep(POLL_INTERVAL);
+        }
     }
 }
 

@@ -74,6 +74,11 @@ pub(crate) struct Permit<'a> {
 }
 
 impl Permit<'_> {
+    /// Whether this call is the breaker's probe.
+    pub(crate) fn is_probe(&self) -> bool {
+        self.probe
+    }
+
     /// Reports whether Redis answered (`available`).
     pub(crate) fn record(mut self, available: bool, target: &dyn std::fmt::Display) {
         self.settled = true;
@@ -199,6 +204,24 @@ impl Breaker {
         }
     }
 
+    /// Lets the next call probe at once, without the backoff: what made the
+    /// calls fail has been dealt with (a wedged connection replaced by a new
+    /// one), so waiting tells nothing. No effect on a closed breaker.
+    pub(crate) fn probe_now(&self) {
+        if self.state.load(Ordering::Acquire) != CLOSED {
+            self.probe_at.store(0, Ordering::Release);
+        }
+    }
+
+    /// Whether a call made within `within` may reach Redis: the breaker is
+    /// closed, its probe is on its way, or the next probe is due by then.
+    pub(crate) fn reachable_within(&self, within: Duration) -> bool {
+        match self.state.load(Ordering::Acquire) {
+            OPEN => self.probe_at.load(Ordering::Acquire) <= now_ms().saturating_add(ms(within)),
+            _ => true,
+        }
+    }
+
     pub(crate) fn state(&self) -> BreakerState {
         match self.state.load(Ordering::Acquire) {
             CLOSED => BreakerState::Closed,
@@ -269,6 +292,25 @@ mod tests {
         probe.record(true, &"test");
         assert_eq!(breaker.state(), BreakerState::Closed);
         assert_eq!(breaker.backoff_ms.load(Ordering::Relaxed), ms(FIRST_BACKOFF));
+    }
+
+    #[test]
+    fn probe_now_skips_the_backoff_of_an_open_breaker_only() {
+        let breaker = Breaker::default();
+        breaker.probe_now();
+        assert_eq!(breaker.probe_at.load(Ordering::Acquire), 0);
+        for _ in 0..FAILURES_TO_OPEN {
+            fail(&breaker);
+        }
+        assert!(breaker.allow().is_none(), "skipped during the backoff");
+        assert!(!breaker.reachable_within(Duration::from_millis(10)));
+        assert!(breaker.reachable_within(FIRST_BACKOFF * 2));
+        breaker.probe_now();
+        assert!(breaker.reachable_within(Duration::ZERO));
+        let probe = breaker.allow().expect("a probe at once");
+        assert!(probe.is_probe());
+        probe.record(true, &"test");
+        assert_eq!(breaker.state(), BreakerState::Closed);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{stream, FutureExt, StreamExt, TryStreamExt};
+use futures_util::{stream, FutureExt, StreamExt};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -34,6 +34,14 @@ const INVALIDATION_CONCURRENCY: usize = 64;
 const ENTRIES_PER_SCRIPT: usize = 499;
 /// How often one invalidation batch is sent when it times out.
 const BATCH_ATTEMPTS: u32 = 3;
+/// How many operation timeouts an invalidation keeps being retried for while
+/// the connection is replaced or the breaker probes: see [`RedisStore::delivering`].
+const DELIVERY_TIMEOUTS: u32 = 8;
+/// The first pause before an invalidation is sent again; doubled up to
+/// [`DELIVERY_MAX_PAUSE`].
+const DELIVERY_FIRST_PAUSE: Duration = Duration::from_millis(5);
+/// The longest such pause.
+const DELIVERY_MAX_PAUSE: Duration = Duration::from_millis(80);
 /// Members read from a detached tag set at once, removed by concurrent scripts.
 const TAG_BATCH: usize = 8 * ENTRIES_PER_SCRIPT;
 /// Matches of a pattern gathered over `SCAN` steps before they are removed.
@@ -130,6 +138,14 @@ async fn resending<'a, T>(
     }
 }
 
+/// Adds up the batches of one invalidation, keeping the first failure. Every
+/// batch runs to its end even after one failed, so the others' entries are
+/// gone when the invalidation is run again, and a batch that is the breaker's
+/// probe is not cancelled half-way (which would count as a failed probe).
+async fn sum_removed(sum: Result<u64>, removed: Result<u64>) -> Result<u64> {
+    Ok(sum? + removed?)
+}
+
 pub(crate) struct RedisStore {
     target: RedisTarget,
     tls_ca: Option<Arc<Vec<u8>>>,
@@ -218,15 +234,53 @@ impl RedisStore {
     /// then waits for ever; from here that looks like Redis timing out on every
     /// call, the breaker opening, and its probes timing out too. A single-node
     /// connection recovers by itself and is left alone.
-    fn replace_wedged(&self, cell: &Arc<OnceCell<Connection>>) {
+    /// `true` when `cell` was replaced by this call.
+    fn replace_wedged(&self, cell: &Arc<OnceCell<Connection>>) -> bool {
         if !matches!(cell.get(), Some(Connection::Cluster(..))) {
-            return;
+            return false;
         }
         let mut current = self.connection.write().unwrap_or_else(|e| e.into_inner());
-        if Arc::ptr_eq(&current, cell) {
-            *current = Arc::default();
-            tracing::warn!(target: "aside", redis = %self.target,
-                "the cluster connection stopped answering; opening a new one");
+        if !Arc::ptr_eq(&current, cell) {
+            return false;
+        }
+        *current = Arc::default();
+        tracing::warn!(target: "aside", redis = %self.target,
+            "the cluster connection stopped answering; opening a new one");
+        true
+    }
+
+    /// Runs an invalidation until it is served or cannot be: one that timed
+    /// out, or met the breaker opened by that timeout, is run again — on the
+    /// new connection that replaced a wedged one, or once the breaker's probe
+    /// is back — for up to [`DELIVERY_TIMEOUTS`] operation timeouts. An
+    /// invalidation the caller must retry by hand is one it can lose; against
+    /// a Redis that is down, the breaker's backoff ends the retries at once.
+    ///
+    /// Every invalidation is idempotent (a tag's is resumed from its pending
+    /// list), so running one again removes what the first run had not; what
+    /// a run that failed had removed is not in the count returned.
+    async fn delivering<T, F, Fut>(&self, mut invalidate: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.op_timeout * DELIVERY_TIMEOUTS;
+        let mut pause = DELIVERY_FIRST_PAUSE;
+        loop {
+            let result = invalidate().await;
+            let now = tokio::time::Instant::now();
+            let retry = match &result {
+                Err(Error::Timeout { .. } | Error::CircuitOpen) if now < deadline => {
+                    self.breaker.reachable_within(deadline - now)
+                }
+                _ => false,
+            };
+            if !retry {
+                return result;
+            }
+            tracing::debug!(target: "aside", redis = %self.target, "invalidation not served; sending it again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(DELIVERY_MAX_PAUSE);
         }
     }
 
@@ -319,12 +373,22 @@ impl RedisStore {
         if let Err(error) = &result {
             tracing::debug!(target: "aside", redis = %self.target, op, %error, "redis operation failed");
         }
+        let probe = permit.is_probe();
         match available {
             Some(available) => permit.record(available, &self.target),
             None => permit.abstain(&self.target),
         }
-        if matches!(result, Err(Error::Timeout { .. })) && self.breaker.state() != BreakerState::Closed {
-            self.replace_wedged(&cell);
+        if matches!(result, Err(Error::Timeout { .. }))
+            && self.breaker.state() != BreakerState::Closed
+            && self.replace_wedged(&cell)
+            && !probe
+        {
+            // The calls that opened the breaker timed out on a connection that
+            // had been answering; the new one may well answer at once, so the
+            // next call probes it instead of every call skipping Redis for the
+            // backoff. A probe that times out on a new connection keeps the
+            // backoff: that is Redis (or a node) down, not a wedged driver.
+            self.breaker.probe_now();
         }
         result
     }
@@ -497,7 +561,7 @@ impl RedisStore {
                 }
             })
             .buffer_unordered(INVALIDATION_CONCURRENCY)
-            .try_fold(0, |sum, removed| async move { Ok(sum + removed) })
+            .fold(Ok(0), sum_removed)
             .await
     }
 
@@ -524,7 +588,7 @@ impl RedisStore {
                 self.run::<u64>("DEL", &delete).await
             })
             .buffer_unordered(INVALIDATION_CONCURRENCY)
-            .try_fold(0, |sum, removed| async move { Ok(sum + removed) })
+            .fold(Ok(0), sum_removed)
             .await
     }
 
@@ -781,6 +845,25 @@ impl Backend for RedisStore {
     }
 
     async fn invalidate_entry(&self, entry: &str) -> Result<bool> {
+        self.delivering(|| self.invalidate_entry_once(entry)).await
+    }
+
+    async fn invalidate_tag(&self, tag_key: &str) -> Result<u64> {
+        self.delivering(|| self.invalidate_tag_once(tag_key)).await
+    }
+
+    async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
+        self.delivering(|| self.invalidate_pattern_once(pattern)).await
+    }
+
+    async fn listen(&self, limit: Duration) {
+        self.background.enter(self.listener.ready(limit)).await;
+    }
+}
+
+/// Each invalidation run once; [`RedisStore::delivering`] runs them again.
+impl RedisStore {
+    async fn invalidate_entry_once(&self, entry: &str) -> Result<bool> {
         let lease = lease_key(entry);
         let removed: i64 = self
             .call("invalidate", |mut conn| async move {
@@ -794,7 +877,7 @@ impl Backend for RedisStore {
         Ok(removed == 1)
     }
 
-    async fn invalidate_tag(&self, tag_key: &str) -> Result<u64> {
+    async fn invalidate_tag_once(&self, tag_key: &str) -> Result<u64> {
         // Detach the whole set in one step: every member registered before now —
         // whatever its score — is removed below, registrations from now on start a
         // new set, and the loop ends however busy the tag is. Sets detached before
@@ -820,7 +903,7 @@ impl Backend for RedisStore {
         Ok(removed)
     }
 
-    async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
+    async fn invalidate_pattern_once(&self, pattern: &str) -> Result<u64> {
         /// Matches gathered over `SCAN` steps and removed [`PATTERN_BATCH`] at a
         /// time (the rest by `flush`), so each removal runs a few large scripts.
         struct Gathered<'a> {
@@ -880,9 +963,5 @@ impl Backend for RedisStore {
         removed += self.scan_each(pattern, &mut entries).await?;
         removed += entries.flush().await?;
         Ok(removed)
-    }
-
-    async fn listen(&self, limit: Duration) {
-        self.background.enter(self.listener.ready(limit)).await;
     }
 }

@@ -1,6 +1,7 @@
 //! Guarantee 7, fail-open: with Redis down, stalled, partitioned, refusing the
 //! credentials or never there, every `get_or_compute` call returns what it
-//! computes — never a cache error, never a panic; after a few failures the
+//! computes — never a cache error, never a panic (a by-hand read reports the
+//! failure); after a few failures the
 //! circuit breaker skips Redis; and caching resumes on its own once Redis is back.
 //!
 //! Each test starts its own `redis-server` and injects one fault: kill and
@@ -10,11 +11,14 @@
 //! (`CLIENT PAUSE`). Recovery is polled in a bounded loop (10 s); how long it
 //! took is printed (`--nocapture`), never asserted.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use aside::{BreakerState, Cache, Error, Policy};
 use aside_testkit::{ProxyMode, RedisServer, ServerOptions, TcpProxy};
+use support::{Fixture, Server};
+
+mod support;
 
 /// Short, so that timeouts and the breaker trip quickly.
 const OP_TIMEOUT: Duration = Duration::from_millis(100);
@@ -450,5 +454,37 @@ async fn a_timed_out_lease_acquisition_leaves_no_lease_behind() {
     assert_eq!(
         stats.total.lock_timeouts, 0,
         "no call waited for a computation that nobody runs: {stats:?}"
+    );
+}
+
+/// A stopped server makes calls compute, never fail.
+#[tokio::test]
+async fn redis_down_means_compute_not_error() {
+    let mut fx = Fixture::redis();
+    let cache = fx
+        .builder()
+        .op_timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let Server::Single(server) = &mut fx.server else {
+        unreachable!()
+    };
+    server.stop();
+    let runs = AtomicUsize::new(0);
+    for _ in 0..3 {
+        let got: Result<u32, ()> = cache
+            .get_or_compute("down", &Policy::default(), || async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok(42)
+            })
+            .await;
+        assert_eq!(got, Ok(42));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    assert!(cache.stats().total.backend_errors >= 3);
+    assert!(
+        cache.get_json::<u32>("down").await.is_err(),
+        "by-hand reads report the failure"
     );
 }

@@ -1,15 +1,17 @@
 //! The stale window (`Policy::stale`, `#[cached(stale = ...)]`): past `ttl` the old
 //! value is served at once while one caller refreshes it, and also when that
 //! refresh fails; the entry lives `ttl + stale` in the store; an invalidation
-//! revokes a refresh in flight.
+//! revokes a refresh in flight; past its fresh lifetime, an entry without a
+//! refresh in the background is recomputed, not served as fresh.
 //!
-//! Runs against the memory backend, a single `redis-server` and a 3-master cluster.
+//! Runs against the memory backend, a single `redis-server` and a 3-master cluster
+//! (the last two behaviours: the memory backend and a single node).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aside::{Cache, Plain, Policy};
+use aside::{cached, Cache, Plain, Policy};
 use aside_testkit::until;
 use support::Fixture;
 use tokio::sync::{mpsc, Semaphore};
@@ -23,6 +25,12 @@ on_backends!(
     the_entry_lives_ttl_plus_stale,
     an_invalidation_revokes_the_refresh_in_flight,
     a_call_after_the_invalidation_does_not_wait_for_the_revoked_refresh,
+);
+
+on_backends!(
+    [memory, redis]
+    stale_entries_are_recomputed,
+    a_stale_window_keeps_the_entry_past_its_ttl,
 );
 
 const TTL: Duration = Duration::from_secs(1);
@@ -329,4 +337,38 @@ async fn a_call_after_the_invalidation_does_not_wait_for_the_revoked_refresh(fx:
     assert_eq!(hit, "v3", "the revoked refresh did not overwrite the new value");
     let stats = cache.stats().function("stale:revoke-overlap");
     assert_eq!((stats.revoked, stats.computations, stats.hits), (1, 3, 1), "{stats:?}");
+}
+
+async fn stale_entries_are_recomputed(fx: Fixture) {
+    let cache = fx.cache().await;
+    let policy = Policy::new(Duration::from_secs(1)).stale(Duration::from_secs(30));
+    let runs = AtomicUsize::new(0);
+    let call = || {
+        cache.get_or_compute("fresh-for-1s", &policy, || async {
+            Plain(runs.fetch_add(1, Ordering::SeqCst))
+        })
+    };
+    assert_eq!(call().await.0, 0);
+    assert_eq!(call().await.0, 0);
+    // The entry lives ttl + stale in the store...
+    let ttl = fx.ttl_of(&cache, "aside:fresh-for-1s").await.expect("exists");
+    assert!(ttl > Duration::from_secs(25), "{ttl:?}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // ...but past its fresh lifetime it is not served as fresh.
+    assert_eq!(call().await.0, 1);
+}
+
+#[cached(ttl = 30, stale = "90s", skip(cache), cache = cache)]
+async fn dashboard(cache: &Cache, team: u32) -> Vec<u32> {
+    vec![team; 2]
+}
+
+async fn a_stale_window_keeps_the_entry_past_its_ttl(fx: Fixture) {
+    let cache = fx.cache_in("stale").await;
+    dashboard(&cache, 1).await;
+    let ttl = fx.pttl_of(&cache, &dashboard_key(&cache, 1)).await;
+    assert!(
+        ttl > 30_000 && ttl <= 120_000,
+        "PTTL {ttl} ms not in (30 s, 30 s + 90 s]"
+    );
 }

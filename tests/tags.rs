@@ -1,16 +1,20 @@
 //! Tags and invalidation (guarantee 4): counts, exact matching, templated tags,
 //! pattern invalidation, events, and bounded tag bookkeeping — on the memory
-//! backend, a single Redis node and a 3-master cluster.
+//! backend, a single Redis node and a 3-master cluster; and `#[cached]` functions
+//! with templated tags cache and count per function like any other.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aside::key::Piece;
-use aside::{Cache, InvalidationKind, Key, Plain, Policy};
+use aside::{cached, Cache, InvalidationKind, Key, Plain, Policy};
 use aside_testkit::TcpProxy;
+use serde::{Deserialize, Serialize};
 use support::{Fixture, Server};
 
 mod support;
+
+on_backends!([memory, redis] tagged_calls_work_and_count_per_function);
 
 on_backends!(
     [memory, redis, cluster]
@@ -403,4 +407,29 @@ async fn an_interrupted_invalidate_tag_is_finished_by_the_next(fx: Fixture) {
     assert_eq!(entries_left(&fx, "aside:session:"), 0, "every session is gone");
     assert_eq!(cache.invalidate_tag(tag).await.unwrap(), 0);
     assert_eq!(fx.all_keys(), Vec::<String>::new(), "no bookkeeping is left behind");
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct Customer {
+    id: u64,
+    region: String,
+}
+
+#[cached(prefix = "orders", tags = ["orders", "region:{customer.region}", "customer:{customer.id}"], skip(cache), cache = cache)]
+async fn orders(cache: &Cache, customer: &Customer, page: u32) -> Vec<u64> {
+    vec![customer.id, u64::from(page)]
+}
+
+async fn tagged_calls_work_and_count_per_function(fx: Fixture) {
+    let cache = fx.cache_in("tags").await;
+    let ada = Customer {
+        id: 1,
+        region: "eu west".to_owned(),
+    };
+    assert_eq!(orders(&cache, &ada, 1).await, [1, 1]);
+    assert_eq!(orders(&cache, &ada, 1).await, [1, 1]);
+    assert_eq!(orders(&cache, &ada, 2).await, [1, 2]);
+    let stats = cache.stats().function("orders:orders");
+    assert_eq!((stats.hits, stats.misses, stats.computations), (1, 2, 2));
+    assert_eq!(stats.backend_errors, 0, "every tag rendered");
 }

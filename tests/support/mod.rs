@@ -3,10 +3,12 @@
 //! with helpers to read keys and TTLs back from the servers themselves.
 #![allow(dead_code)] // each test file uses part of it
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aside::{Cache, CacheBuilder};
 use aside_testkit::{RedisCluster, RedisServer};
+use serde::{Deserialize, Serialize};
 
 /// What a cache under test runs on.
 pub enum Server {
@@ -54,6 +56,15 @@ impl Fixture {
         self.builder().build().await.expect("build the cache")
     }
 
+    /// A cache on this fixture's backend under `namespace`.
+    pub async fn cache_in(&self, namespace: &str) -> Cache {
+        self.builder()
+            .namespace(namespace)
+            .build()
+            .await
+            .expect("build the cache")
+    }
+
     /// Plain connections to every node (one for a single server).
     pub fn node_connections(&self) -> Vec<redis::Connection> {
         match &self.server {
@@ -69,6 +80,28 @@ impl Fixture {
         for mut conn in self.node_connections() {
             let found: Vec<String> = redis::cmd("SCAN")
                 .cursor_arg(0)
+                .arg("COUNT")
+                .arg(1000)
+                .clone()
+                .iter(&mut conn)
+                .expect("SCAN")
+                .collect::<Result<_, _>>()
+                .expect("SCAN batch");
+            keys.extend(found);
+        }
+        keys.sort();
+        keys
+    }
+
+    /// The keys matching the glob `pattern` on every node, read with `SCAN MATCH`,
+    /// sorted; empty on memory (callers read it only off memory).
+    pub fn keys_matching(&self, pattern: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        for mut conn in self.node_connections() {
+            let found: Vec<String> = redis::cmd("SCAN")
+                .cursor_arg(0)
+                .arg("MATCH")
+                .arg(pattern)
                 .arg("COUNT")
                 .arg(1000)
                 .clone()
@@ -114,6 +147,65 @@ impl Fixture {
         }
         self.pttl(full_key)
             .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)))
+    }
+
+    /// The remaining lifetime of a full key in milliseconds, as `PTTL` gives it
+    /// (-2: no such key, -1: no expiry): from the server, or from the memory store.
+    pub async fn pttl_of(&self, cache: &Cache, full_key: &str) -> i64 {
+        if self.is_memory() {
+            return self
+                .ttl_of(cache, full_key)
+                .await
+                .map_or(-2, |ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        }
+        self.pttl(full_key).unwrap_or(-2)
+    }
+
+    /// `true` if a full key exists: `EXISTS` on the node that holds it, or the memory store.
+    pub async fn holds(&self, cache: &Cache, full_key: &str) -> bool {
+        match self.connection_for(full_key) {
+            Some(mut conn) => {
+                redis::cmd("EXISTS")
+                    .arg(full_key)
+                    .query::<i64>(&mut conn)
+                    .expect("EXISTS")
+                    == 1
+            }
+            None => {
+                let namespace = format!("{}:", cache.settings().namespace());
+                let key = full_key.strip_prefix(&namespace).expect("key in namespace");
+                cache.exists(key).await.expect("exists")
+            }
+        }
+    }
+}
+
+/// Counts how often a body ran.
+#[derive(Default)]
+pub struct Runs(AtomicUsize);
+
+impl Runs {
+    pub fn tick(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A value with some structure to store: a region's monthly rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub region: String,
+    pub rows: Vec<(u32, i64)>,
+}
+
+/// The one [`Report`] the tests store.
+pub fn report() -> Report {
+    Report {
+        region: "eu".into(),
+        rows: (1..=12).map(|m| (m, i64::from(m) * 1000)).collect(),
     }
 }
 

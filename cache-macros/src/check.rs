@@ -110,6 +110,10 @@ pub(crate) struct Plan {
     pub(crate) lock_ttl: Option<Duration>,
     pub(crate) wait: Option<Duration>,
     pub(crate) cache_none: bool,
+    /// `unless = path`: the value is returned but not stored when it says `true`.
+    pub(crate) unless: Option<syn::ExprPath>,
+    /// `ttl_from = path`: the value's own fresh lifetime.
+    pub(crate) ttl_from: Option<syn::ExprPath>,
     pub(crate) prefix: String,
     /// The key's name segment.
     pub(crate) name: Name,
@@ -159,6 +163,14 @@ pub(crate) fn check(cx: &Ctxt, mut args: Args, func: &MaybeItemFn) -> Plan {
     };
     let version = args.version.as_ref().map_or(1, |arg| version_fits(cx, &arg.value));
     let cache_none = cache_none_needs_option(cx, args.cache_none.as_ref(), kind, &sig.ident);
+    let unless = args
+        .unless
+        .as_ref()
+        .and_then(|arg| is_a_function_path(cx, "unless", &arg.value, "fn(&T) -> bool"));
+    let ttl_from = args
+        .ttl_from
+        .as_ref()
+        .and_then(|arg| is_a_function_path(cx, "ttl_from", &arg.value, "fn(&T) -> Duration"));
 
     let key = args.key.as_ref().and_then(|arg| cx.ok(Template::parse(&arg.value)));
     if let Some(key) = &key {
@@ -195,6 +207,8 @@ pub(crate) fn check(cx: &Ctxt, mut args: Args, func: &MaybeItemFn) -> Plan {
         lock_ttl,
         wait,
         cache_none,
+        unless,
+        ttl_from,
         prefix,
         name,
         version,
@@ -462,6 +476,25 @@ fn cache_none_needs_option(cx: &Ctxt, arg: Option<&Arg<LitBool>>, kind: Kind, fn
         );
     }
     value.value
+}
+
+/// `unless` and `ttl_from` name a function by its path (`is_empty_page`,
+/// `Vec::is_empty`, `rules::ttl_of`): a closure or call would be evaluated once
+/// per call of the attribute's own choosing, and the docs promise a function.
+fn is_a_function_path(cx: &Ctxt, what: &str, expr: &Expr, signature: &str) -> Option<syn::ExprPath> {
+    match expr {
+        Expr::Path(path) if path.attrs.is_empty() => Some(path.clone()),
+        other => {
+            cx.error(
+                other.span(),
+                format!(
+                    "`{what}` takes the path of a function `{signature}`, where `T` is the stored value \
+                     (e.g. `{what} = my_module::{what}_rule`); write a closure as a named `fn`"
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// Where a template is used.

@@ -268,6 +268,7 @@ impl Plan {
             }
             Kind::Result | Kind::Option => (quote_spanned!(span=> move || #body), quote!()),
         };
+        let (compute, unwrap) = self.adaptive(compute, unwrap);
         let method = Ident::new(method, self.value_span);
         let private_at_value = respan(self.private.clone(), self.value_span);
         // The call is spanned at the stored type, so that "not Serialize/DeserializeOwned"
@@ -281,6 +282,27 @@ impl Plan {
             let __aside_policy = #policy;
             #call
         }
+    }
+
+    /// With `unless` or `ttl_from`, the computation's result wrapped in
+    /// `Adaptive`, judged by the user's functions (each call spanned at its path,
+    /// so a function of the wrong type is reported there), and unwrapped after.
+    fn adaptive(&self, compute: TokenStream, unwrap: TokenStream) -> (TokenStream, TokenStream) {
+        if self.unless.is_none() && self.ttl_from.is_none() {
+            return (compute, unwrap);
+        }
+        let private = &self.private;
+        let mut judged = quote!(#private::Adaptive::new((#compute)().await));
+        if let Some(path) = &self.unless {
+            judged.extend(quote_spanned!(path.span()=> .unless(#path)));
+        }
+        if let Some(path) = &self.ttl_from {
+            judged.extend(quote_spanned!(path.span()=> .ttl_from(#path)));
+        }
+        (
+            quote!(move || async move { #judged }),
+            quote_spanned!(self.value_span=> .into_inner() #unwrap),
+        )
     }
 
     /// `let __aside_cache: &Cache = ...;`

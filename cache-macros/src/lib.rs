@@ -428,6 +428,58 @@ use proc_macro::TokenStream;
 /// # }
 /// ```
 ///
+/// # `unless` and `ttl_from`
+///
+/// Adaptive caching, judged by the value. Both name a function by its path (a
+/// closure is a compile error: write it as a named `fn`), called with the value
+/// that would be stored — `T` of `Result<T, E>`, the whole `Option<T>`, else the
+/// return value — and never for an `Err` or an uncached `None`.
+///
+/// - `unless = path` (`fn(&T) -> bool`): `true` returns the value without storing
+///   it, so the next call computes again — empty search results, placeholders.
+///   Concurrent callers of this process waiting for the same cold key get that
+///   value too, without computing again; a stale value, if any, stays for the others.
+/// - `ttl_from = path` (`fn(&T) -> Duration`): the value's own fresh lifetime
+///   instead of `ttl`, clamped to the ceiling (`CACHE_MAX_TTL`, at most 24 h) and
+///   raised to 1 s, the floor of `ttl`; `stale` applies after it.
+///
+/// By hand, wrap the computation's result in [`aside::Adaptive`](https://docs.rs/aside/latest/aside/struct.Adaptive.html).
+///
+/// ```
+/// # use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::time::Duration;
+/// use aside::cached;
+///
+/// static SEARCHES: AtomicUsize = AtomicUsize::new(0);
+///
+/// fn no_results(hits: &Vec<String>) -> bool {
+///     hits.is_empty()
+/// }
+///
+/// /// Popular queries stay longer: a minute per result.
+/// fn by_popularity(hits: &Vec<String>) -> Duration {
+///     Duration::from_secs(60 * hits.len() as u64)
+/// }
+///
+/// #[cached(ttl = "10m", unless = no_results, ttl_from = by_popularity)]
+/// async fn search(query: &str) -> Result<Vec<String>, std::io::Error> {
+///     SEARCHES.fetch_add(1, Ordering::SeqCst);
+///     Ok(if query == "rust" { vec!["aside".to_owned(), "tokio".to_owned()] } else { Vec::new() })
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// assert!(search("nothing").await?.is_empty());
+/// assert!(search("nothing").await?.is_empty()); // not stored: searched again
+/// assert_eq!(SEARCHES.load(Ordering::SeqCst), 2);
+/// assert_eq!(search("rust").await?.len(), 2);
+/// assert_eq!(search("rust").await?.len(), 2); // stored
+/// assert_eq!(SEARCHES.load(Ordering::SeqCst), 3);
+/// let key = search_key("rust");
+/// let ttl = aside::Cache::global().ttl(key.trim_start_matches("aside:")).await?.unwrap();
+/// assert!(ttl <= Duration::from_secs(120) && ttl > Duration::from_secs(110)); // two results: two minutes
+/// # Ok(()) }
+/// ```
+///
 /// # `cache`
 ///
 /// Which cache to use: an expression giving something that dereferences to an
@@ -482,7 +534,8 @@ use proc_macro::TokenStream;
 /// duration out of range or not parsable; a `skip`, `key` or tag placeholder naming
 /// no argument; a `key` using a skipped argument or missing a key argument; two
 /// placeholders without a separator; an unskipped `self` or destructuring pattern;
-/// `cache_none` without `Option`; a key argument that is not `Serialize` (the
+/// `cache_none` without `Option`; an `unless` or `ttl_from` that is not a
+/// function's path (or a function of the wrong type, reported at the path); a key argument that is not `Serialize` (the
 /// error names the type and says to derive `Serialize` or `skip` the argument), or a
 /// stored type that is not `Serialize + DeserializeOwned`.
 ///

@@ -18,7 +18,7 @@ use crate::lock::flight::{Flights, Landing, Pilot, Role};
 use crate::lock::lease::{Held, Lease, Waited};
 use crate::lock::waiters::Waiters;
 use crate::outcome::Outcome;
-use crate::policy::{clamp, Policy};
+use crate::policy::{clamp, Policy, MIN_TTL};
 use crate::redact::Redacted;
 use crate::stats::{Event, Probe};
 
@@ -240,7 +240,9 @@ where
                 }
                 let policy = self.policy;
                 let outcome = self.compute_leased(held, None).await;
-                if outcome.cacheable(policy).is_some() {
+                // A declined value (`unless`) is a value all the same: the
+                // caller gets it, and the stale entry stays for the others.
+                if outcome.cacheable(policy).is_some() || outcome.declined().is_some() {
                     return outcome;
                 }
                 tracing::debug!(target: "aside", entry = %Redacted(entry), "refresh failed; serving the stale value");
@@ -266,18 +268,30 @@ where
         self.probe.computed(started.elapsed());
         let encoded = outcome.cacheable(self.policy).map(|value| {
             let format = self.shared.codec.format();
-            self.shared.codec.encode(
-                self.entry,
-                value,
-                self.policy.ttl(),
-                self.lease.lifetime,
-                |value, fresh| entry::encode_as(value, fresh, format),
-            )
+            let (fresh, lifetime) = terms(self.policy, self.lease.lifetime, &outcome);
+            self.shared
+                .codec
+                .encode(self.entry, value, fresh, lifetime, |value, fresh| {
+                    entry::encode_as(value, fresh, format)
+                })
         });
+        // Which followers may take the value: those that called before `valid_from`.
+        let mut valid_from = started;
         let shared = match encoded {
             None => {
+                // Declined (`unless`): not stored, but this process's followers
+                // take it rather than compute again — all of them, as if they had
+                // read it from the store, when the lease shows that no
+                // invalidation of the entry began until now.
+                let declined = share(self.shared, self.policy, outcome.declined(), pilot.as_ref());
+                if declined.is_some() {
+                    let checked = Instant::now();
+                    if held.still_held().await {
+                        valid_from = checked;
+                    }
+                }
                 held.release().await;
-                None
+                declined
             }
             Some(Err(error)) => {
                 self.shared.codec.count_unstored(self.probe, self.entry, &error);
@@ -304,7 +318,10 @@ where
             }
         };
         if let Some(pilot) = pilot {
-            pilot.land(Landing::Computed { value: shared, started });
+            pilot.land(Landing::Computed {
+                value: shared,
+                started: valid_from,
+            });
         }
         outcome
     }
@@ -340,19 +357,8 @@ where
         let outcome = (self.compute)().await;
         self.probe.computed(started.elapsed());
         if let Some(pilot) = pilot {
-            let value = if pilot.has_followers() {
-                outcome.cacheable(self.policy).and_then(|value| {
-                    entry::encode_as(
-                        value,
-                        self.policy.ttl().max(Duration::from_millis(1)),
-                        self.shared.codec.format(),
-                    )
-                    .ok()
-                    .map(Bytes::from)
-                })
-            } else {
-                None
-            };
+            let value = outcome.cacheable(self.policy).or(outcome.declined());
+            let value = share(self.shared, self.policy, value, Some(&pilot));
             pilot.land(Landing::Computed { value, started });
         }
         outcome
@@ -368,6 +374,35 @@ where
     /// A value another caller of this process computed and handed over.
     fn decode_shared(&self, bytes: &Bytes) -> Option<O::Value> {
         entry::decode::<O::Value>(bytes).ok().map(|entry| entry.value)
+    }
+}
+
+/// `value` encoded for the flight's followers, if it has any.
+fn share<T: serde::Serialize + DeserializeOwned>(
+    shared: &Shared,
+    policy: &Policy,
+    value: Option<&T>,
+    pilot: Option<&Pilot>,
+) -> Option<Bytes> {
+    if !pilot.is_some_and(Pilot::has_followers) {
+        return None;
+    }
+    let fresh = policy.ttl().max(Duration::from_millis(1));
+    entry::encode_as(value?, fresh, shared.codec.format())
+        .ok()
+        .map(Bytes::from)
+}
+
+/// How long a computed value is fresh, and how long it is kept: the policy's
+/// `ttl` and `lifetime`, or the value's own TTL (`ttl_from`) raised to
+/// [`MIN_TTL`] — the codec clamps it to the ceiling — plus the stale window.
+fn terms<O: Outcome>(policy: &Policy, lifetime: Duration, outcome: &O) -> (Duration, Duration) {
+    match outcome.fresh_for() {
+        None => (policy.ttl(), lifetime),
+        Some(asked) => {
+            let fresh = asked.max(MIN_TTL);
+            (fresh, fresh.saturating_add(policy.stale_window()))
+        }
     }
 }
 

@@ -57,7 +57,7 @@ pub use entry::EntryFormat;
 pub use error::{Error, Result};
 pub use events::{Events, Invalidation, InvalidationKind};
 pub use key::Key;
-pub use outcome::{Outcome, Plain};
+pub use outcome::{Adaptive, Outcome, Plain};
 pub use policy::Policy;
 pub use stats::{Counters, Stats};
 

@@ -33,6 +33,10 @@ pub struct Policy {
 /// The fresh lifetime of a `Policy::default()` and of `#[cached]` without `ttl`.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 
+/// The shortest fresh lifetime `#[cached(ttl)]` accepts, and the one a shorter
+/// TTL from the value ([`Adaptive::ttl_from`](crate::Adaptive::ttl_from)) is raised to.
+pub const MIN_TTL: Duration = Duration::from_secs(1);
+
 /// The shortest lock lease: it is renewed every third of its length, so a
 /// shorter one could expire between two renewals (each a round trip, up to the
 /// operation timeout) and nothing would ever be stored.

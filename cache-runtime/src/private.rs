@@ -3,7 +3,7 @@
 pub use crate::cache::Cache;
 pub use crate::error::Error;
 pub use crate::key::{short_type_name, Key, Piece};
-pub use crate::outcome::{Outcome, Plain};
+pub use crate::outcome::{Adaptive, Outcome, Plain};
 pub use crate::policy::Policy;
 pub use serde::de::DeserializeOwned;
 pub use serde::Serialize;

@@ -405,6 +405,10 @@ impl Plan {
         if self.cache_none {
             policy.extend(quote!(.cache_none(true)));
         }
+        if let Some(jitter) = self.jitter {
+            let jitter = Literal::f64_suffixed(jitter);
+            policy.extend(quote!(.jitter(#jitter)));
+        }
         let function = self.function_expr();
         policy.extend(quote!(.function(#function)));
         for tag in &self.tags {

@@ -480,6 +480,35 @@ use proc_macro::TokenStream;
 /// # Ok(()) }
 /// ```
 ///
+/// # `jitter`
+///
+/// Spreads the expiries of entries written together (a warm-up, a burst of
+/// traffic after a deploy), so they are not all recomputed in the same second:
+/// each stored TTL is drawn uniformly from `[ttl·(1−jitter), ttl]` — never longer
+/// than `ttl`, never above the ceiling — and the `stale` window follows it. It
+/// applies to [`ttl_from`](#unless-and-ttl_from) TTLs too. A percentage from
+/// `"0%"` to `"50%"` (anything else is a compile error). Default: the cache's
+/// `CACHE_TTL_JITTER`, else 0.
+///
+/// ```
+/// use std::time::Duration;
+/// use aside::cached;
+///
+/// #[cached(ttl = "1h", jitter = "10%")]
+/// async fn price_list(shop: u32) -> Vec<u32> {
+///     vec![shop; 2]
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), aside::Error> {
+/// for shop in 0..10 {
+///     price_list(shop).await;
+///     let key = price_list_key(shop);
+///     let ttl = aside::Cache::global().ttl(key.trim_start_matches("aside:")).await?.unwrap();
+///     assert!(ttl <= Duration::from_secs(3600) && ttl >= Duration::from_secs(3239)); // 54 to 60 minutes
+/// }
+/// # Ok(()) }
+/// ```
+///
 /// # `cache`
 ///
 /// Which cache to use: an expression giving something that dereferences to an
@@ -534,7 +563,8 @@ use proc_macro::TokenStream;
 /// duration out of range or not parsable; a `skip`, `key` or tag placeholder naming
 /// no argument; a `key` using a skipped argument or missing a key argument; two
 /// placeholders without a separator; an unskipped `self` or destructuring pattern;
-/// `cache_none` without `Option`; an `unless` or `ttl_from` that is not a
+/// `cache_none` without `Option`; a `jitter` that is not a percentage from 0% to
+/// 50%; an `unless` or `ttl_from` that is not a
 /// function's path (or a function of the wrong type, reported at the path); a key argument that is not `Serialize` (the
 /// error names the type and says to derive `Serialize` or `skip` the argument), or a
 /// stored type that is not `Serialize + DeserializeOwned`.

@@ -18,7 +18,7 @@ use crate::lock::flight::{Flights, Landing, Pilot, Role};
 use crate::lock::lease::{Held, Lease, Waited};
 use crate::lock::waiters::Waiters;
 use crate::outcome::Outcome;
-use crate::policy::{clamp, Policy, MIN_TTL};
+use crate::policy::{clamp, jittered, Policy, MIN_TTL};
 use crate::redact::Redacted;
 use crate::stats::{Event, Probe};
 
@@ -268,7 +268,7 @@ where
         self.probe.computed(started.elapsed());
         let encoded = outcome.cacheable(self.policy).map(|value| {
             let format = self.shared.codec.format();
-            let (fresh, lifetime) = terms(self.policy, self.lease.lifetime, &outcome);
+            let (fresh, lifetime) = terms(self.policy, &self.shared.settings, self.lease.lifetime, &outcome);
             self.shared
                 .codec
                 .encode(self.entry, value, fresh, lifetime, |value, fresh| {
@@ -395,15 +395,25 @@ fn share<T: serde::Serialize + DeserializeOwned>(
 
 /// How long a computed value is fresh, and how long it is kept: the policy's
 /// `ttl` and `lifetime`, or the value's own TTL (`ttl_from`) raised to
-/// [`MIN_TTL`] — the codec clamps it to the ceiling — plus the stale window.
-fn terms<O: Outcome>(policy: &Policy, lifetime: Duration, outcome: &O) -> (Duration, Duration) {
-    match outcome.fresh_for() {
-        None => (policy.ttl(), lifetime),
-        Some(asked) => {
-            let fresh = asked.max(MIN_TTL);
-            (fresh, fresh.saturating_add(policy.stale_window()))
-        }
+/// [`MIN_TTL`], then, with a jitter, less a random share of it (after the
+/// ceiling, so that entries at the ceiling are spread too), plus the stale window.
+/// The codec clamps both to the ceiling.
+fn terms<O: Outcome>(policy: &Policy, settings: &Settings, lifetime: Duration, outcome: &O) -> (Duration, Duration) {
+    let jitter = policy.jitter_units(settings.ttl_jitter);
+    let fresh = match (outcome.fresh_for(), jitter) {
+        (None, 0) => return (policy.ttl(), lifetime),
+        (None, _) => policy.ttl(),
+        (Some(asked), _) => asked.max(MIN_TTL),
+    };
+    if jitter == 0 || fresh.is_zero() {
+        // The codec clamps (and logs) what is above the ceiling, and refuses a zero `ttl`.
+        return (fresh, fresh.saturating_add(policy.stale_window()));
     }
+    let fresh = jittered(fresh.min(settings.max_ttl), jitter).max(Duration::from_millis(1));
+    (
+        fresh,
+        clamp(fresh.saturating_add(policy.stale_window()), settings.max_ttl).ttl,
+    )
 }
 
 /// The value of an entry's bytes, if they decode and are fresh.

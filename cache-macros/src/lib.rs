@@ -62,13 +62,14 @@ use proc_macro::TokenStream;
 /// `return` and `?` in the body are the body's own, exactly as before.
 ///
 /// Beside it, with the same visibility and `#[cfg]`s (and inside the `impl` block
-/// for methods), three companions:
+/// for methods), four companions:
 ///
 /// | companion | does |
 /// | --- | --- |
 /// | `<fn>_invalidate(key args) -> Result<bool, aside::Error>` | deletes the entry; `true` if one existed |
 /// | `<fn>_refresh(all args) -> <fn's return type>` | runs the body now and overwrites the entry (warm-up, write-through) |
 /// | `<fn>_key(key args) -> String` | the full key, for logs and debugging |
+/// | `<fn>_with_status(all args) -> (<fn's return type>, aside::CacheStatus)` | the call, and how it was answered: `Hit`, `Stale`, `Miss`, `Coalesced` or `Bypassed` |
 ///
 /// "Key args" are the arguments not in [`skip`](#skip), in order — plus those the
 /// [`cache`](#cache) expression needs: `&self` for `cache = self.cache`, or a skipped
@@ -92,6 +93,27 @@ use proc_macro::TokenStream;
 /// assert!(price_invalidate("abc").await?);
 /// assert!(!price_invalidate("abc").await?); // already gone
 /// # Ok(()) }
+/// ```
+///
+/// `_with_status` is for callers that report how they were served (a header, a
+/// log field, a test): `Hit` a fresh entry, `Stale` a stale one within `stale`,
+/// `Miss` computed for this call, `Coalesced` answered by a concurrent caller's
+/// computation, `Bypassed` computed without the cache (backend failing or `off`).
+///
+/// ```
+/// # use aside::cached;
+/// use aside::CacheStatus;
+///
+/// #[cached(ttl = 60)]
+/// async fn stock(sku: u32) -> u32 {
+///     sku * 2
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(stock_with_status(4).await, (8, CacheStatus::Miss));
+/// assert_eq!(stock_with_status(4).await, (8, CacheStatus::Hit));
+/// assert_eq!(stock(4).await, 8); // the same entry
+/// # }
 /// ```
 ///
 /// # Return types

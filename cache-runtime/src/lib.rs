@@ -43,6 +43,7 @@ mod redact;
 #[cfg(feature = "sessions")]
 pub mod session;
 mod stats;
+mod status;
 mod tags;
 
 #[doc(hidden)]
@@ -60,6 +61,7 @@ pub use key::Key;
 pub use outcome::{Adaptive, Outcome, Plain};
 pub use policy::Policy;
 pub use stats::{Counters, Stats};
+pub use status::CacheStatus;
 
 /// Where every cache's counters go besides its own cells: the `metrics` exporter
 /// with that feature, nowhere without. The one place that joins `stats` (which

@@ -5,6 +5,7 @@ pub use crate::error::Error;
 pub use crate::key::{short_type_name, Key, Piece};
 pub use crate::outcome::{Adaptive, Outcome, Plain};
 pub use crate::policy::Policy;
+pub use crate::status::CacheStatus;
 pub use serde::de::DeserializeOwned;
 pub use serde::Serialize;
 pub use std::time::Duration;

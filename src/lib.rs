@@ -3,6 +3,8 @@
 
 pub use cache_macros::cached;
 pub use cache_runtime::tag;
+pub use cache_runtime::Adaptive;
+pub use cache_runtime::CacheStatus;
 pub use cache_runtime::{
     config, invalidate_key, invalidate_pattern, invalidate_tag, key, policy, stats, BackendKind, BreakerState, Cache,
     CacheBuilder, Counters, EntryFormat, Error, Events, Invalidation, InvalidationKind, Key, MemoryCapacity, Outcome,

@@ -28,11 +28,14 @@ mod kw {
     syn::custom_keyword!(wait);
     syn::custom_keyword!(cache_none);
     syn::custom_keyword!(cache);
+    syn::custom_keyword!(unless);
+    syn::custom_keyword!(ttl_from);
+    syn::custom_keyword!(jitter);
 }
 
 /// The arguments `#[cached]` accepts, in the order the docs list them.
 const KNOWN: &str = "`ttl`, `prefix`, `name`, `version`, `tags`, `skip`, `key`, `stale`, \
-                     `lock_ttl`, `wait`, `cache_none`, `cache`, `crate`";
+                     `lock_ttl`, `wait`, `cache_none`, `unless`, `ttl_from`, `jitter`, `cache`, `crate`";
 
 /// One argument: the span of its keyword and its value.
 pub(crate) struct Arg<V> {
@@ -56,6 +59,10 @@ pub(crate) struct Args {
     pub(crate) lock_ttl: Option<Arg<DurationLit>>,
     pub(crate) wait: Option<Arg<DurationLit>>,
     pub(crate) cache_none: Option<Arg<LitBool>>,
+    /// An expression, so that `check.rs` can say why it must be a path.
+    pub(crate) unless: Option<Arg<Expr>>,
+    pub(crate) ttl_from: Option<Arg<Expr>>,
+    pub(crate) jitter: Option<Arg<LitStr>>,
     pub(crate) cache: Option<Arg<Expr>>,
     pub(crate) krate: Option<Arg<Path>>,
     /// Mistakes found while parsing (unknown, repeated or malformed arguments).
@@ -132,6 +139,15 @@ impl Args {
         } else if lookahead.peek(kw::cache_none) {
             let arg = input.parse::<KwValue<kw::cache_none, LitBool>>()?;
             self.set(|a| &mut a.cache_none, "cache_none", arg.into());
+        } else if lookahead.peek(kw::unless) {
+            let arg = input.parse::<KwValue<kw::unless, Expr>>()?;
+            self.set(|a| &mut a.unless, "unless", arg.into());
+        } else if lookahead.peek(kw::ttl_from) {
+            let arg = input.parse::<KwValue<kw::ttl_from, Expr>>()?;
+            self.set(|a| &mut a.ttl_from, "ttl_from", arg.into());
+        } else if lookahead.peek(kw::jitter) {
+            let arg = input.parse::<KwValue<kw::jitter, LitStr>>()?;
+            self.set(|a| &mut a.jitter, "jitter", arg.into());
         } else if lookahead.peek(kw::cache) {
             let arg = input.parse::<KwValue<kw::cache, Expr>>()?;
             self.set(|a| &mut a.cache, "cache", arg.into());

@@ -29,6 +29,10 @@ const DAY: Duration = Duration::from_secs(86_400);
 /// `aside::key::SEGMENT_RESERVED` (a test on each side pins both).
 const SEGMENT_RESERVED: &str = "{}*?[]";
 
+/// The largest `jitter`, the runtime's `config::MAX_TTL_JITTER` (pinned by
+/// `tests/policy_edges.rs`).
+const MAX_JITTER_PERCENT: f64 = 50.0;
+
 /// The shortest lock lease, as the runtime's `policy::MIN_LOCK_TTL`: a lease is
 /// renewed every third of its length, so a shorter one could expire between
 /// renewals and nothing would be stored. (`tests/policy_edges.rs` pins the two
@@ -110,6 +114,12 @@ pub(crate) struct Plan {
     pub(crate) lock_ttl: Option<Duration>,
     pub(crate) wait: Option<Duration>,
     pub(crate) cache_none: bool,
+    /// `unless = path`: the value is returned but not stored when it says `true`.
+    pub(crate) unless: Option<syn::ExprPath>,
+    /// `ttl_from = path`: the value's own fresh lifetime.
+    pub(crate) ttl_from: Option<syn::ExprPath>,
+    /// `jitter = "10%"`, as a fraction of the TTL.
+    pub(crate) jitter: Option<f64>,
     pub(crate) prefix: String,
     /// The key's name segment.
     pub(crate) name: Name,
@@ -147,6 +157,10 @@ pub(crate) fn check(cx: &Ctxt, mut args: Args, func: &MaybeItemFn) -> Plan {
     let stale = duration_in_range(cx, "stale", args.stale.as_ref(), Duration::ZERO);
     let lock_ttl = duration_in_range(cx, "lock_ttl", args.lock_ttl.as_ref(), MIN_LOCK_TTL);
     let wait = duration_in_range(cx, "wait", args.wait.as_ref(), Duration::from_millis(1));
+    let jitter = args
+        .jitter
+        .as_ref()
+        .and_then(|arg| jitter_is_a_share_of_the_ttl(cx, &arg.value));
 
     let prefix = match &args.prefix {
         Some(arg) => is_key_segment(cx, "prefix", &arg.value),
@@ -159,6 +173,14 @@ pub(crate) fn check(cx: &Ctxt, mut args: Args, func: &MaybeItemFn) -> Plan {
     };
     let version = args.version.as_ref().map_or(1, |arg| version_fits(cx, &arg.value));
     let cache_none = cache_none_needs_option(cx, args.cache_none.as_ref(), kind, &sig.ident);
+    let unless = args
+        .unless
+        .as_ref()
+        .and_then(|arg| is_a_function_path(cx, "unless", &arg.value, "fn(&T) -> bool"));
+    let ttl_from = args
+        .ttl_from
+        .as_ref()
+        .and_then(|arg| is_a_function_path(cx, "ttl_from", &arg.value, "fn(&T) -> Duration"));
 
     let key = args.key.as_ref().and_then(|arg| cx.ok(Template::parse(&arg.value)));
     if let Some(key) = &key {
@@ -195,6 +217,9 @@ pub(crate) fn check(cx: &Ctxt, mut args: Args, func: &MaybeItemFn) -> Plan {
         lock_ttl,
         wait,
         cache_none,
+        unless,
+        ttl_from,
+        jitter,
         prefix,
         name,
         version,
@@ -423,6 +448,29 @@ fn duration_in_range(cx: &Ctxt, what: &str, arg: Option<&Arg<DurationLit>>, min:
     Some(value)
 }
 
+/// `jitter` is a percentage of the TTL, `"0%"` to `"50%"`.
+fn jitter_is_a_share_of_the_ttl(cx: &Ctxt, lit: &LitStr) -> Option<f64> {
+    let text = lit.value();
+    let percent = text.trim().strip_suffix('%').and_then(|p| p.trim().parse::<f64>().ok());
+    match percent {
+        Some(p) if (0.0..=MAX_JITTER_PERCENT).contains(&p) => Some(p / 100.0),
+        Some(_) => {
+            cx.error(
+                lit.span(),
+                format!("`jitter` must be between 0% and 50% of the TTL; this is {text}"),
+            );
+            None
+        }
+        None => {
+            cx.error(
+                lit.span(),
+                format!("`jitter` is a percentage of the TTL, such as \"10%\"; {text:?} is not one"),
+            );
+            None
+        }
+    }
+}
+
 /// `prefix` and `name` are non-empty key segments without white space, braces or glob characters.
 fn is_key_segment(cx: &Ctxt, what: &str, lit: &LitStr) -> String {
     let value = lit.value();
@@ -462,6 +510,25 @@ fn cache_none_needs_option(cx: &Ctxt, arg: Option<&Arg<LitBool>>, kind: Kind, fn
         );
     }
     value.value
+}
+
+/// `unless` and `ttl_from` name a function by its path (`is_empty_page`,
+/// `Vec::is_empty`, `rules::ttl_of`): a closure or call would be evaluated once
+/// per call of the attribute's own choosing, and the docs promise a function.
+fn is_a_function_path(cx: &Ctxt, what: &str, expr: &Expr, signature: &str) -> Option<syn::ExprPath> {
+    match expr {
+        Expr::Path(path) if path.attrs.is_empty() => Some(path.clone()),
+        other => {
+            cx.error(
+                other.span(),
+                format!(
+                    "`{what}` takes the path of a function `{signature}`, where `T` is the stored value \
+                     (e.g. `{what} = my_module::{what}_rule`); write a closure as a named `fn`"
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// Where a template is used.
@@ -633,6 +700,7 @@ mod shared_facts {
     #[test]
     fn agree_with_the_runtime() {
         assert_eq!(SEGMENT_RESERVED, "{}*?[]");
+        assert_eq!(MAX_JITTER_PERCENT, 50.0);
         assert_eq!(
             (MIN_LOCK_TTL, DEFAULT_TTL, DAY),
             (

@@ -102,7 +102,7 @@ impl Plan {
         }
     }
 
-    /// `_invalidate`, `_refresh` and `_key`.
+    /// `_invalidate`, `_refresh`, `_key` and `_with_status`.
     fn companions(&self, func: &MaybeItemFn, bodies: Bodies) -> TokenStream {
         let MaybeItemFn {
             outer_attrs,
@@ -220,10 +220,30 @@ impl Plan {
             #vis #refresh_sig #refresh_body
         };
 
-        quote!(#invalidate #refresh #key_fn)
+        let mut status_sig = sig.clone();
+        status_sig.ident = format_ident!("{}_with_status", fn_name, span = fn_name.span());
+        let ret = &self.ret;
+        status_sig.output = syn::parse_quote!(-> (#ret, #private::CacheStatus));
+        let status_doc = [format!(
+            " Calls [`{link}`] and tells how it was answered: a hit, a stale value, a miss \
+             (computed for this call), coalesced (another caller's computation) or bypassed \
+             (computed without the cache)."
+        )];
+        let status_body = stub(self.body("get_or_compute_with_status", func));
+        let status_body = in_braces_of(func, quote!(#(#inner_attrs)* #status_body));
+        let status_doc = doc(&status_doc, fn_name.span());
+        let with_status = quote! {
+            #status_doc
+            #(#inherited)*
+            #lints
+            #vis #status_sig #status_body
+        };
+
+        quote!(#invalidate #refresh #key_fn #with_status)
     }
 
-    /// The body of the function (`method` = `get_or_compute`) or of `_refresh` (`refresh`).
+    /// The body of the function (`method` = `get_or_compute`), of `_refresh`
+    /// (`refresh`) or of `_with_status` (`get_or_compute_with_status`).
     fn body(&self, method: &str, func: &MaybeItemFn) -> TokenStream {
         let private = &self.private;
         let binding = self.cache_binding();
@@ -268,12 +288,21 @@ impl Plan {
             }
             Kind::Result | Kind::Option => (quote_spanned!(span=> move || #body), quote!()),
         };
+        let (compute, unwrap) = self.adaptive(compute, unwrap);
         let method = Ident::new(method, self.value_span);
         let private_at_value = respan(self.private.clone(), self.value_span);
         // The call is spanned at the stored type, so that "not Serialize/DeserializeOwned"
         // points there (and only there).
-        let call = quote_spanned! {self.value_span=>
-            __aside_cache.#method(__aside_key, &__aside_policy, #private_at_value::compute(#compute)).await #unwrap
+        let call = if method == "get_or_compute_with_status" {
+            quote_spanned! {self.value_span=>
+                let (__aside_output, __aside_status) = __aside_cache
+                    .#method(__aside_key, &__aside_policy, #private_at_value::compute(#compute)).await;
+                (__aside_output #unwrap, __aside_status)
+            }
+        } else {
+            quote_spanned! {self.value_span=>
+                __aside_cache.#method(__aside_key, &__aside_policy, #private_at_value::compute(#compute)).await #unwrap
+            }
         };
         quote! {
             #binding
@@ -281,6 +310,27 @@ impl Plan {
             let __aside_policy = #policy;
             #call
         }
+    }
+
+    /// With `unless` or `ttl_from`, the computation's result wrapped in
+    /// `Adaptive`, judged by the user's functions (each call spanned at its path,
+    /// so a function of the wrong type is reported there), and unwrapped after.
+    fn adaptive(&self, compute: TokenStream, unwrap: TokenStream) -> (TokenStream, TokenStream) {
+        if self.unless.is_none() && self.ttl_from.is_none() {
+            return (compute, unwrap);
+        }
+        let private = &self.private;
+        let mut judged = quote!(#private::Adaptive::new((#compute)().await));
+        if let Some(path) = &self.unless {
+            judged.extend(quote_spanned!(path.span()=> .unless(#path)));
+        }
+        if let Some(path) = &self.ttl_from {
+            judged.extend(quote_spanned!(path.span()=> .ttl_from(#path)));
+        }
+        (
+            quote!(move || async move { #judged }),
+            quote_spanned!(self.value_span=> .into_inner() #unwrap),
+        )
     }
 
     /// `let __aside_cache: &Cache = ...;`
@@ -382,6 +432,10 @@ impl Plan {
         }
         if self.cache_none {
             policy.extend(quote!(.cache_none(true)));
+        }
+        if let Some(jitter) = self.jitter {
+            let jitter = Literal::f64_suffixed(jitter);
+            policy.extend(quote!(.jitter(#jitter)));
         }
         let function = self.function_expr();
         policy.extend(quote!(.function(#function)));

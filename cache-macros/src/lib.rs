@@ -62,13 +62,14 @@ use proc_macro::TokenStream;
 /// `return` and `?` in the body are the body's own, exactly as before.
 ///
 /// Beside it, with the same visibility and `#[cfg]`s (and inside the `impl` block
-/// for methods), three companions:
+/// for methods), four companions:
 ///
 /// | companion | does |
 /// | --- | --- |
 /// | `<fn>_invalidate(key args) -> Result<bool, aside::Error>` | deletes the entry; `true` if one existed |
 /// | `<fn>_refresh(all args) -> <fn's return type>` | runs the body now and overwrites the entry (warm-up, write-through) |
 /// | `<fn>_key(key args) -> String` | the full key, for logs and debugging |
+/// | `<fn>_with_status(all args) -> (<fn's return type>, aside::CacheStatus)` | the call, and how it was answered: `Hit`, `Stale`, `Miss`, `Coalesced` or `Bypassed` |
 ///
 /// "Key args" are the arguments not in [`skip`](#skip), in order — plus those the
 /// [`cache`](#cache) expression needs: `&self` for `cache = self.cache`, or a skipped
@@ -92,6 +93,27 @@ use proc_macro::TokenStream;
 /// assert!(price_invalidate("abc").await?);
 /// assert!(!price_invalidate("abc").await?); // already gone
 /// # Ok(()) }
+/// ```
+///
+/// `_with_status` is for callers that report how they were served (a header, a
+/// log field, a test): `Hit` a fresh entry, `Stale` a stale one within `stale`,
+/// `Miss` computed for this call, `Coalesced` answered by a concurrent caller's
+/// computation, `Bypassed` computed without the cache (backend failing or `off`).
+///
+/// ```
+/// # use aside::cached;
+/// use aside::CacheStatus;
+///
+/// #[cached(ttl = 60)]
+/// async fn stock(sku: u32) -> u32 {
+///     sku * 2
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(stock_with_status(4).await, (8, CacheStatus::Miss));
+/// assert_eq!(stock_with_status(4).await, (8, CacheStatus::Hit));
+/// assert_eq!(stock(4).await, 8); // the same entry
+/// # }
 /// ```
 ///
 /// # Return types
@@ -428,6 +450,87 @@ use proc_macro::TokenStream;
 /// # }
 /// ```
 ///
+/// # `unless` and `ttl_from`
+///
+/// Adaptive caching, judged by the value. Both name a function by its path (a
+/// closure is a compile error: write it as a named `fn`), called with the value
+/// that would be stored — `T` of `Result<T, E>`, the whole `Option<T>`, else the
+/// return value — and never for an `Err` or an uncached `None`.
+///
+/// - `unless = path` (`fn(&T) -> bool`): `true` returns the value without storing
+///   it, so the next call computes again — empty search results, placeholders.
+///   Concurrent callers of this process waiting for the same cold key get that
+///   value too, without computing again; a stale value, if any, stays for the others.
+/// - `ttl_from = path` (`fn(&T) -> Duration`): the value's own fresh lifetime
+///   instead of `ttl`, clamped to the ceiling (`CACHE_MAX_TTL`, at most 24 h) and
+///   raised to 1 s, the floor of `ttl`; `stale` applies after it.
+///
+/// By hand, wrap the computation's result in [`aside::Adaptive`](https://docs.rs/aside/latest/aside/struct.Adaptive.html).
+///
+/// ```
+/// # use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::time::Duration;
+/// use aside::cached;
+///
+/// static SEARCHES: AtomicUsize = AtomicUsize::new(0);
+///
+/// fn no_results(hits: &Vec<String>) -> bool {
+///     hits.is_empty()
+/// }
+///
+/// /// Popular queries stay longer: a minute per result.
+/// fn by_popularity(hits: &Vec<String>) -> Duration {
+///     Duration::from_secs(60 * hits.len() as u64)
+/// }
+///
+/// #[cached(ttl = "10m", unless = no_results, ttl_from = by_popularity)]
+/// async fn search(query: &str) -> Result<Vec<String>, std::io::Error> {
+///     SEARCHES.fetch_add(1, Ordering::SeqCst);
+///     Ok(if query == "rust" { vec!["aside".to_owned(), "tokio".to_owned()] } else { Vec::new() })
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// assert!(search("nothing").await?.is_empty());
+/// assert!(search("nothing").await?.is_empty()); // not stored: searched again
+/// assert_eq!(SEARCHES.load(Ordering::SeqCst), 2);
+/// assert_eq!(search("rust").await?.len(), 2);
+/// assert_eq!(search("rust").await?.len(), 2); // stored
+/// assert_eq!(SEARCHES.load(Ordering::SeqCst), 3);
+/// let key = search_key("rust");
+/// let ttl = aside::Cache::global().ttl(key.trim_start_matches("aside:")).await?.unwrap();
+/// assert!(ttl <= Duration::from_secs(120) && ttl > Duration::from_secs(110)); // two results: two minutes
+/// # Ok(()) }
+/// ```
+///
+/// # `jitter`
+///
+/// Spreads the expiries of entries written together (a warm-up, a burst of
+/// traffic after a deploy), so they are not all recomputed in the same second:
+/// each stored TTL is drawn uniformly from `[ttl·(1−jitter), ttl]` — never longer
+/// than `ttl`, never above the ceiling — and the `stale` window follows it. It
+/// applies to [`ttl_from`](#unless-and-ttl_from) TTLs too. A percentage from
+/// `"0%"` to `"50%"` (anything else is a compile error). Default: the cache's
+/// `CACHE_TTL_JITTER`, else 0.
+///
+/// ```
+/// use std::time::Duration;
+/// use aside::cached;
+///
+/// #[cached(ttl = "1h", jitter = "10%")]
+/// async fn price_list(shop: u32) -> Vec<u32> {
+///     vec![shop; 2]
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), aside::Error> {
+/// for shop in 0..10 {
+///     price_list(shop).await;
+///     let key = price_list_key(shop);
+///     let ttl = aside::Cache::global().ttl(key.trim_start_matches("aside:")).await?.unwrap();
+///     assert!(ttl <= Duration::from_secs(3600) && ttl >= Duration::from_secs(3239)); // 54 to 60 minutes
+/// }
+/// # Ok(()) }
+/// ```
+///
 /// # `cache`
 ///
 /// Which cache to use: an expression giving something that dereferences to an
@@ -482,7 +585,9 @@ use proc_macro::TokenStream;
 /// duration out of range or not parsable; a `skip`, `key` or tag placeholder naming
 /// no argument; a `key` using a skipped argument or missing a key argument; two
 /// placeholders without a separator; an unskipped `self` or destructuring pattern;
-/// `cache_none` without `Option`; a key argument that is not `Serialize` (the
+/// `cache_none` without `Option`; a `jitter` that is not a percentage from 0% to
+/// 50%; an `unless` or `ttl_from` that is not a
+/// function's path (or a function of the wrong type, reported at the path); a key argument that is not `Serialize` (the
 /// error names the type and says to derive `Serialize` or `skip` the argument), or a
 /// stored type that is not `Serialize + DeserializeOwned`.
 ///

@@ -12,6 +12,7 @@
 //! | `CACHE_MEMORY_CAPACITY` | memory backend bound: `10000` (entries) or `64MiB` (bytes) | `64MiB` |
 //! | `CACHE_MAX_VALUE_SIZE` | larger encoded values are returned but not stored | `1MiB` |
 //! | `CACHE_ENTRY_FORMAT` | how cached functions' values are stored: `json` or `msgpack` (compact; see [`EntryFormat`]) | `json` |
+//! | `CACHE_TTL_JITTER` | default [`Policy::jitter`](crate::Policy::jitter): each stored TTL is drawn from `[ttl·(1−j), ttl]`; `10%` or `0.1`, at most 50 % | `0` |
 //! | `CACHE_TLS_CA_FILE` | PEM file of the CA that signed the server's certificate (`rediss://`) | the system's roots |
 //!
 //! Durations are whole seconds (`300`) or humantime strings (`250ms`, `5m`, `1h 30m`).
@@ -192,6 +193,8 @@ pub struct Settings {
     pub(crate) max_value_size: usize,
     pub(crate) entry_format: EntryFormat,
     pub(crate) tls_ca_pem: Option<Vec<u8>>,
+    /// The default jitter, in millionths of the TTL.
+    pub(crate) ttl_jitter: u32,
 }
 
 impl Default for Settings {
@@ -207,6 +210,7 @@ impl Default for Settings {
             max_value_size: 1024 * 1024,
             entry_format: EntryFormat::Json,
             tls_ca_pem: None,
+            ttl_jitter: 0,
         }
     }
 }
@@ -283,6 +287,9 @@ impl Settings {
         if let Some(format) = get("CACHE_ENTRY_FORMAT") {
             settings.entry_format = EntryFormat::parse("CACHE_ENTRY_FORMAT", &format)?;
         }
+        if let Some(jitter) = get("CACHE_TTL_JITTER") {
+            settings.ttl_jitter = parse_jitter("CACHE_TTL_JITTER", &jitter)?;
+        }
         if let Some(path) = get("CACHE_TLS_CA_FILE") {
             let pem = std::fs::read(&path).map_err(|e| Error::Config {
                 var: "CACHE_TLS_CA_FILE",
@@ -328,10 +335,47 @@ impl Settings {
         self.max_value_size
     }
 
+    /// The default TTL jitter (`CACHE_TTL_JITTER`), a fraction of the TTL: `0.1` for 10 %.
+    pub fn ttl_jitter(&self) -> f64 {
+        f64::from(self.ttl_jitter) / f64::from(JITTER_UNIT)
+    }
+
     /// How cached functions' values are encoded in the store.
     pub fn entry_format(&self) -> EntryFormat {
         self.entry_format
     }
+}
+
+/// Millionths: the unit jitter is kept in.
+pub(crate) const JITTER_UNIT: u32 = 1_000_000;
+
+/// The largest jitter: half the TTL. More would cost more hits than spreading
+/// expiries ever needs.
+pub const MAX_TTL_JITTER: f64 = 0.5;
+
+/// Parses a jitter, `10%`, `12.5%` or `0.1`, into millionths of the TTL; at most
+/// [`MAX_TTL_JITTER`].
+pub(crate) fn parse_jitter(var: &'static str, text: &str) -> Result<u32> {
+    let text = text.trim();
+    let bad = |why: &str| Error::Config {
+        var,
+        problem: format!("`{text}` {why}: write a share of the TTL from 0% to 50%, e.g. `10%` or `0.1`"),
+    };
+    let fraction = match text.strip_suffix('%') {
+        Some(percent) => percent.trim().parse::<f64>().map(|p| p / 100.0),
+        None => text.parse::<f64>(),
+    }
+    .map_err(|_| bad("is not a percentage"))?;
+    if !(0.0..=MAX_TTL_JITTER).contains(&fraction) {
+        return Err(bad("is out of range"));
+    }
+    Ok(jitter_units(fraction))
+}
+
+/// `fraction` (already in `0 ..= MAX_TTL_JITTER`) in millionths.
+pub(crate) fn jitter_units(fraction: f64) -> u32 {
+    // In range, so the product fits: at most 500 000.
+    (fraction * f64::from(JITTER_UNIT)).round() as u32
 }
 
 pub(crate) fn validate_ca_pem(var: &'static str, pem: Vec<u8>) -> Result<Vec<u8>> {
@@ -497,6 +541,9 @@ mod tests {
             (&[("CACHE_MAX_TTL", "soon")], "CACHE_MAX_TTL"),
             (&[("CACHE_OP_TIMEOUT", "0")], "CACHE_OP_TIMEOUT"),
             (&[("CACHE_MEMORY_CAPACITY", "lots")], "CACHE_MEMORY_CAPACITY"),
+            (&[("CACHE_TTL_JITTER", "150%")], "CACHE_TTL_JITTER"),
+            (&[("CACHE_TTL_JITTER", "-1%")], "CACHE_TTL_JITTER"),
+            (&[("CACHE_TTL_JITTER", "some")], "CACHE_TTL_JITTER"),
         ];
         for (pairs, var) in cases {
             let owned: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -507,6 +554,30 @@ mod tests {
             assert!(!text.contains("hunter2"), "{text}");
             assert!(!format!("{err:?}").contains("hunter2"));
         }
+    }
+
+    #[test]
+    fn jitter_is_a_share_of_the_ttl() {
+        assert_eq!(parse_jitter("X", "10%").unwrap(), 100_000);
+        assert_eq!(parse_jitter("X", "12.5 %").unwrap(), 125_000);
+        assert_eq!(parse_jitter("X", "0.1").unwrap(), 100_000);
+        assert_eq!(parse_jitter("X", "0").unwrap(), 0);
+        assert_eq!(parse_jitter("X", "50%").unwrap(), 500_000);
+        assert!(parse_jitter("X", "51%").is_err());
+        assert!(parse_jitter("X", "NaN").is_err());
+        let s = Settings::from_lookup(lookup(&[("CACHE_TTL_JITTER", "10%")])).unwrap();
+        assert!((s.ttl_jitter() - 0.1).abs() < 1e-9);
+        let err = Settings::from_lookup(lookup(&[("CACHE_TTL_JITTER", "150%")])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Config {
+                    var: "CACHE_TTL_JITTER",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::lock::flight::{Flights, Landing, Pilot, Role};
 use crate::lock::lease::{Held, Lease, Waited};
 use crate::lock::waiters::Waiters;
 use crate::outcome::Outcome;
-use crate::policy::{clamp, Policy};
+use crate::policy::{clamp, jittered, Policy, MIN_TTL};
 use crate::redact::Redacted;
 use crate::stats::{Event, Probe};
 
@@ -240,7 +240,9 @@ where
                 }
                 let policy = self.policy;
                 let outcome = self.compute_leased(held, None).await;
-                if outcome.cacheable(policy).is_some() {
+                // A declined value (`unless`) is a value all the same: the
+                // caller gets it, and the stale entry stays for the others.
+                if outcome.cacheable(policy).is_some() || outcome.declined().is_some() {
                     return outcome;
                 }
                 tracing::debug!(target: "aside", entry = %Redacted(entry), "refresh failed; serving the stale value");
@@ -266,18 +268,30 @@ where
         self.probe.computed(started.elapsed());
         let encoded = outcome.cacheable(self.policy).map(|value| {
             let format = self.shared.codec.format();
-            self.shared.codec.encode(
-                self.entry,
-                value,
-                self.policy.ttl(),
-                self.lease.lifetime,
-                |value, fresh| entry::encode_as(value, fresh, format),
-            )
+            let (fresh, lifetime) = terms(self.policy, &self.shared.settings, self.lease.lifetime, &outcome);
+            self.shared
+                .codec
+                .encode(self.entry, value, fresh, lifetime, |value, fresh| {
+                    entry::encode_as(value, fresh, format)
+                })
         });
+        // Which followers may take the value: those that called before `valid_from`.
+        let mut valid_from = started;
         let shared = match encoded {
             None => {
+                // Declined (`unless`): not stored, but this process's followers
+                // take it rather than compute again — all of them, as if they had
+                // read it from the store, when the lease shows that no
+                // invalidation of the entry began until now.
+                let declined = share(self.shared, self.policy, outcome.declined(), pilot.as_ref());
+                if declined.is_some() {
+                    let checked = Instant::now();
+                    if held.still_held().await {
+                        valid_from = checked;
+                    }
+                }
                 held.release().await;
-                None
+                declined
             }
             Some(Err(error)) => {
                 self.shared.codec.count_unstored(self.probe, self.entry, &error);
@@ -304,7 +318,10 @@ where
             }
         };
         if let Some(pilot) = pilot {
-            pilot.land(Landing::Computed { value: shared, started });
+            pilot.land(Landing::Computed {
+                value: shared,
+                started: valid_from,
+            });
         }
         outcome
     }
@@ -340,19 +357,8 @@ where
         let outcome = (self.compute)().await;
         self.probe.computed(started.elapsed());
         if let Some(pilot) = pilot {
-            let value = if pilot.has_followers() {
-                outcome.cacheable(self.policy).and_then(|value| {
-                    entry::encode_as(
-                        value,
-                        self.policy.ttl().max(Duration::from_millis(1)),
-                        self.shared.codec.format(),
-                    )
-                    .ok()
-                    .map(Bytes::from)
-                })
-            } else {
-                None
-            };
+            let value = outcome.cacheable(self.policy).or(outcome.declined());
+            let value = share(self.shared, self.policy, value, Some(&pilot));
             pilot.land(Landing::Computed { value, started });
         }
         outcome
@@ -369,6 +375,45 @@ where
     fn decode_shared(&self, bytes: &Bytes) -> Option<O::Value> {
         entry::decode::<O::Value>(bytes).ok().map(|entry| entry.value)
     }
+}
+
+/// `value` encoded for the flight's followers, if it has any.
+fn share<T: serde::Serialize + DeserializeOwned>(
+    shared: &Shared,
+    policy: &Policy,
+    value: Option<&T>,
+    pilot: Option<&Pilot>,
+) -> Option<Bytes> {
+    if !pilot.is_some_and(Pilot::has_followers) {
+        return None;
+    }
+    let fresh = policy.ttl().max(Duration::from_millis(1));
+    entry::encode_as(value?, fresh, shared.codec.format())
+        .ok()
+        .map(Bytes::from)
+}
+
+/// How long a computed value is fresh, and how long it is kept: the policy's
+/// `ttl` and `lifetime`, or the value's own TTL (`ttl_from`) raised to
+/// [`MIN_TTL`], then, with a jitter, less a random share of it (after the
+/// ceiling, so that entries at the ceiling are spread too), plus the stale window.
+/// The codec clamps both to the ceiling.
+fn terms<O: Outcome>(policy: &Policy, settings: &Settings, lifetime: Duration, outcome: &O) -> (Duration, Duration) {
+    let jitter = policy.jitter_units(settings.ttl_jitter);
+    let fresh = match (outcome.fresh_for(), jitter) {
+        (None, 0) => return (policy.ttl(), lifetime),
+        (None, _) => policy.ttl(),
+        (Some(asked), _) => asked.max(MIN_TTL),
+    };
+    if jitter == 0 || fresh.is_zero() {
+        // The codec clamps (and logs) what is above the ceiling, and refuses a zero `ttl`.
+        return (fresh, fresh.saturating_add(policy.stale_window()));
+    }
+    let fresh = jittered(fresh.min(settings.max_ttl), jitter).max(Duration::from_millis(1));
+    (
+        fresh,
+        clamp(fresh.saturating_add(policy.stale_window()), settings.max_ttl).ttl,
+    )
 }
 
 /// The value of an entry's bytes, if they decode and are fresh.

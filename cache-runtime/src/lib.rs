@@ -43,6 +43,7 @@ mod redact;
 #[cfg(feature = "sessions")]
 pub mod session;
 mod stats;
+mod status;
 mod tags;
 
 #[doc(hidden)]
@@ -57,9 +58,10 @@ pub use entry::EntryFormat;
 pub use error::{Error, Result};
 pub use events::{Events, Invalidation, InvalidationKind};
 pub use key::Key;
-pub use outcome::{Outcome, Plain};
+pub use outcome::{Adaptive, Outcome, Plain};
 pub use policy::Policy;
 pub use stats::{Counters, Stats};
+pub use status::CacheStatus;
 
 /// Where every cache's counters go besides its own cells: the `metrics` exporter
 /// with that feature, nowhere without. The one place that joins `stats` (which

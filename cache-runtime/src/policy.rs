@@ -23,6 +23,8 @@ pub struct Policy {
     lock_ttl: Duration,
     wait: Duration,
     cache_none: bool,
+    /// Millionths of the TTL; `None`: the cache's `CACHE_TTL_JITTER`.
+    jitter: Option<u32>,
     function: Option<Cow<'static, str>>,
     tags: Vec<String>,
     /// Why a tag could not be rendered: the call then computes without the cache,
@@ -32,6 +34,10 @@ pub struct Policy {
 
 /// The fresh lifetime of a `Policy::default()` and of `#[cached]` without `ttl`.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+
+/// The shortest fresh lifetime `#[cached(ttl)]` accepts, and the one a shorter
+/// TTL from the value ([`Adaptive::ttl_from`](crate::Adaptive::ttl_from)) is raised to.
+pub const MIN_TTL: Duration = Duration::from_secs(1);
 
 /// The shortest lock lease: it is renewed every third of its length, so a
 /// shorter one could expire between two renewals (each a round trip, up to the
@@ -65,6 +71,7 @@ impl Policy {
             lock_ttl: DEFAULT_LOCK_TTL,
             wait: DEFAULT_WAIT,
             cache_none: false,
+            jitter: None,
             function: None,
             tags: Vec::new(),
             unusable: None,
@@ -108,6 +115,52 @@ impl Policy {
     pub const fn cache_none(mut self, cache_none: bool) -> Policy {
         self.cache_none = cache_none;
         self
+    }
+
+    /// Spreads the expiries of entries written together: each stored TTL is
+    /// drawn uniformly from `[ttl·(1−jitter), ttl]` — never longer than asked, never
+    /// above the ceiling — for the policy's `ttl` and a value's own
+    /// ([`Adaptive::ttl_from`](crate::Adaptive::ttl_from)) alike; the `stale`
+    /// window follows the drawn TTL. A fraction from 0 to
+    /// [`MAX_TTL_JITTER`](crate::config::MAX_TTL_JITTER) (0.5); others are clamped
+    /// into that range (NaN to 0). Without it, the cache's `CACHE_TTL_JITTER`
+    /// (default 0). `set_json` writes its TTL exactly.
+    ///
+    /// ```
+    /// # async fn demo() {
+    /// use std::time::Duration;
+    /// use aside::{Cache, Plain, Policy};
+    /// let cache = Cache::builder().memory().build().await.unwrap();
+    /// let policy = Policy::new(Duration::from_secs(1000)).jitter(0.1);
+    /// for n in 0..20 {
+    ///     let Plain(_) = cache.get_or_compute(format!("n:{n}"), &policy, || async move { Plain(n) }).await;
+    /// }
+    /// for n in 0..20 {
+    ///     let ttl = cache.ttl(format!("n:{n}")).await.unwrap().unwrap();
+    ///     assert!(ttl <= Duration::from_secs(1000) && ttl >= Duration::from_secs(899));
+    /// }
+    /// # }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo());
+    /// ```
+    pub fn jitter(mut self, jitter: f64) -> Policy {
+        let fraction = if jitter.is_nan() {
+            0.0
+        } else {
+            jitter.clamp(0.0, crate::config::MAX_TTL_JITTER)
+        };
+        self.jitter = Some(crate::config::jitter_units(fraction));
+        self
+    }
+
+    /// The jitter set with [`jitter`](Policy::jitter), if any.
+    pub fn jitter_fraction(&self) -> Option<f64> {
+        self.jitter
+            .map(|units| f64::from(units) / f64::from(crate::config::JITTER_UNIT))
+    }
+
+    /// The jitter in millionths, or `default` when the policy sets none.
+    pub(crate) fn jitter_units(&self, default: u32) -> u32 {
+        self.jitter.unwrap_or(default)
     }
 
     /// The name statistics are kept under (`prefix:name` for `#[cached]` functions).
@@ -221,9 +274,43 @@ pub(crate) fn clamp(ttl: Duration, ceiling: Duration) -> Clamped {
     }
 }
 
+/// `ttl` less a uniformly drawn share of up to `units` millionths of it.
+pub(crate) fn jittered(ttl: Duration, units: u32) -> Duration {
+    if units == 0 {
+        return ttl;
+    }
+    use std::hash::{BuildHasher as _, Hasher as _};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    // `RandomState` is seeded at random per process (and per thread, then
+    // incremented): hashing a counter with it gives independent uniform draws.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(DRAWS.fetch_add(1, Ordering::Relaxed));
+    let unit = (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64;
+    jitter_by(ttl, units, unit)
+}
+
+/// `ttl` less `unit` (in `[0, 1)`) of its `units` millionths.
+fn jitter_by(ttl: Duration, units: u32, unit: f64) -> Duration {
+    let share = f64::from(units) / f64::from(crate::config::JITTER_UNIT) * unit;
+    ttl.saturating_sub(ttl.mul_f64(share.clamp(0.0, 1.0)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jitter_draws_within_the_share_and_never_above_the_ttl() {
+        let ttl = Duration::from_secs(1000);
+        assert_eq!(jitter_by(ttl, 100_000, 0.0), ttl);
+        assert_eq!(jitter_by(ttl, 100_000, 0.5), Duration::from_secs(950));
+        assert_eq!(jitter_by(ttl, 0, 0.9), ttl);
+        let draws: Vec<Duration> = (0..1000).map(|_| jittered(ttl, 100_000)).collect();
+        assert!(draws.iter().all(|d| *d <= ttl && *d > Duration::from_secs(900)));
+        let low = draws.iter().filter(|d| **d < Duration::from_secs(950)).count();
+        assert!((350..650).contains(&low), "about half below the middle: {low}");
+    }
 
     #[test]
     fn braced_tags_make_the_policy_unusable() {

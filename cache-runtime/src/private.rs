@@ -3,8 +3,9 @@
 pub use crate::cache::Cache;
 pub use crate::error::Error;
 pub use crate::key::{short_type_name, Key, Piece};
-pub use crate::outcome::{Outcome, Plain};
+pub use crate::outcome::{Adaptive, Outcome, Plain};
 pub use crate::policy::Policy;
+pub use crate::status::CacheStatus;
 pub use serde::de::DeserializeOwned;
 pub use serde::Serialize;
 pub use std::time::Duration;

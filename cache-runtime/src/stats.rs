@@ -333,6 +333,24 @@ impl Probe<'_> {
         self.function.as_ref().and_then(|cells| cells.name.as_ref())
     }
 
+    /// The call's [`CacheStatus`](crate::CacheStatus), from the events recorded so far.
+    pub(crate) fn status(&self) -> crate::CacheStatus {
+        use crate::CacheStatus;
+        let seen = self.seen.load(Relaxed);
+        let has = |event: Event| seen & (1 << event as u16) != 0;
+        if has(Event::Hit) {
+            CacheStatus::Hit
+        } else if has(Event::StaleHit) {
+            CacheStatus::Stale
+        } else if has(Event::BackendError) || has(Event::LockTimeout) {
+            CacheStatus::Bypassed
+        } else if has(Event::Computation) {
+            CacheStatus::Miss
+        } else {
+            CacheStatus::Coalesced
+        }
+    }
+
     /// How the call went, from the events recorded so far: `hit`, `stale`,
     /// `fallback` (the backend failed; computed without it), `wait_timeout`,
     /// `computed`, or `shared` (another caller's computation answered it).

@@ -98,6 +98,15 @@ impl CacheBuilder {
         self.keep(checked)
     }
 
+    /// The default TTL jitter (`CACHE_TTL_JITTER`) for policies that set none, a
+    /// fraction of the TTL from 0 to [`MAX_TTL_JITTER`](crate::config::MAX_TTL_JITTER).
+    pub fn ttl_jitter(mut self, fraction: f64) -> Self {
+        let checked = crate::config::parse_jitter("ttl_jitter", &fraction.to_string()).map(|units| {
+            self.settings.ttl_jitter = units;
+        });
+        self.keep(checked)
+    }
+
     /// The per-operation timeout (`CACHE_OP_TIMEOUT`), 1 ms ..= 60 s.
     pub fn op_timeout(mut self, timeout: Duration) -> Self {
         let checked = crate::config::validate_op_timeout("op_timeout", timeout).map(|timeout| {

@@ -323,6 +323,39 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = O>,
     {
+        self.get_or_compute_with_status(key, policy, compute).await.0
+    }
+
+    /// [`get_or_compute`](Cache::get_or_compute), and how the call was answered:
+    /// what `<fn>_with_status` calls.
+    ///
+    /// ```
+    /// # async fn demo() {
+    /// use std::time::Duration;
+    /// use aside::{Cache, CacheStatus, Plain, Policy};
+    ///
+    /// let cache = Cache::builder().memory().build().await.unwrap();
+    /// let policy = Policy::new(Duration::from_secs(1)).stale(Duration::from_secs(60));
+    /// let call = |n: u32| cache.get_or_compute_with_status("n", &policy, move || async move { Plain(n) });
+    /// assert_eq!(call(1).await, (Plain(1), CacheStatus::Miss));
+    /// assert_eq!(call(2).await, (Plain(1), CacheStatus::Hit));
+    /// tokio::time::sleep(Duration::from_millis(1100)).await;
+    /// // Past `ttl`, within `stale`: this caller refreshes it.
+    /// assert_eq!(call(3).await, (Plain(3), CacheStatus::Miss));
+    /// # }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo());
+    /// ```
+    pub async fn get_or_compute_with_status<O, F, Fut>(
+        &self,
+        key: impl Into<Key>,
+        policy: &Policy,
+        compute: F,
+    ) -> (O, crate::CacheStatus)
+    where
+        O: Outcome,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = O>,
+    {
         let probe = self.inner.stats.probe(policy.function_name());
         let span = call_span!("get_or_compute", policy);
         let outcome = match self.call_key(key.into(), policy, &probe, &span) {
@@ -335,7 +368,11 @@ impl Cache {
             Err(()) => Self::uncached(&probe, compute).instrument(span.clone()).await,
         };
         span.record("outcome", probe.outcome());
-        outcome
+        let status = match &**self.store() {
+            Store::Off(_) => crate::CacheStatus::Bypassed,
+            _ => probe.status(),
+        };
+        (outcome, status)
     }
 
     /// Runs `compute` now and overwrites the entry with its result (when

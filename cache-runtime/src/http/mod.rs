@@ -31,8 +31,10 @@
 //!   `304 Not Modified` without a body. The route itself always sees the request
 //!   without `If-None-Match` and `If-Modified-Since`: it answers for the cache, in full.
 //! - **Headers**: every response of a cached route carries `X-Cache: HIT` (from the
-//!   cache, including answers computed by a concurrent request) or `X-Cache: MISS`
-//!   (the route ran for this request), and a stored response carries `Age` (whole
+//!   cache, including answers computed by a concurrent request), `X-Cache: STALE`
+//!   (a stale response, within `stale`, while one request refreshes it) or
+//!   `X-Cache: MISS` (the route ran for this request), from the call's
+//!   [`CacheStatus`], and a stored response carries `Age` (whole
 //!   seconds since it was stored; `0` on a miss). Responses passed through carry
 //!   no `X-Cache`.
 //! - **Statistics** are kept under the function `http:{name}`.
@@ -79,6 +81,7 @@ use tower_service::Service;
 use crate::cache::Cache;
 use crate::key::Key;
 use crate::policy::Policy;
+use crate::status::CacheStatus;
 use stored::Stored;
 
 /// The header saying whether a response came from the cache.
@@ -383,8 +386,8 @@ where
             let request = Request::from_parts(parts, body);
             let ran = AtomicBool::new(false);
             let vary = &route.vary;
-            let result: Result<Stored, Bypass<ResBody, S::Error>> = cache
-                .get_or_compute(key, &policy, || async {
+            let (result, status): (Result<Stored, Bypass<ResBody, S::Error>>, _) = cache
+                .get_or_compute_with_status(key, &policy, || async {
                     let response = inner.call(request).await.map_err(Bypass::Failed)?;
                     let (parts, body) = response.into_parts();
                     if !stored::storable(&parts, vary) {
@@ -404,7 +407,7 @@ where
                 .await;
             match result {
                 Ok(stored) => {
-                    let x_cache = if ran.load(Ordering::Relaxed) { "MISS" } else { "HIT" };
+                    let x_cache = x_cache(status, ran.load(Ordering::Relaxed));
                     let response = if stored.matches(&if_none_match) {
                         stored.not_modified(x_cache)
                     } else {
@@ -426,6 +429,20 @@ where
                 }
             }
         })
+    }
+}
+
+/// The `X-Cache` of a stored response: `HIT` when the route did not run for this
+/// request (a concurrent request's run included), `STALE` for a stale response
+/// served while one request refreshes it, `MISS` when the route ran.
+fn x_cache(status: CacheStatus, ran: bool) -> &'static str {
+    match status {
+        CacheStatus::Stale => "STALE",
+        CacheStatus::Hit | CacheStatus::Coalesced => "HIT",
+        _ if ran => "MISS",
+        // Bypassed without running here: another request's run, shared.
+        CacheStatus::Bypassed => "HIT",
+        _ => "MISS",
     }
 }
 

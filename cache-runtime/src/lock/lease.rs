@@ -160,6 +160,17 @@ impl<'a> Held<'a> {
         Ok(())
     }
 
+    /// Whether this token still holds the lease (renewing it): `false` once an
+    /// invalidation revoked it, or on an error. No invalidation of the entry
+    /// began before a `true` answer since the lease was taken.
+    pub(crate) async fn still_held(&self) -> bool {
+        let lease = &self.lease;
+        matches!(
+            lease.store.renew_lease(lease.entry, &self.token, lease.ttl).await,
+            Ok(true)
+        )
+    }
+
     /// Notes a successful record of the entry in its tag sets.
     fn recorded(&self) {
         *self.recorded_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
@@ -204,8 +215,15 @@ impl<'a> Held<'a> {
     pub(crate) async fn store(self, bytes: Bytes, ttl: Duration) -> crate::Result<bool> {
         let lease = self.lease;
         let recorded_at = *self.recorded_at.lock().unwrap_or_else(|e| e.into_inner());
-        if !lease.tags.is_empty() && recorded_at.elapsed() > lease.ttl / 2 {
-            lease.register().await?;
+        if !lease.tags.is_empty() && (recorded_at.elapsed() > lease.ttl / 2 || ttl > lease.lifetime) {
+            // A value's own TTL (`ttl_from`) may outlive the policy's lifetime the
+            // records were made for: they must cover the entry it is stored as.
+            Lease {
+                lifetime: lease.lifetime.max(ttl),
+                ..lease
+            }
+            .register()
+            .await?;
         }
         let stored = lease.store.store_leased(lease.entry, &self.token, bytes, ttl).await?;
         self.disarm();

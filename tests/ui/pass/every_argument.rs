@@ -40,6 +40,19 @@ async fn lookup(id: u64) -> Option<String> {
     (id % 2 == 0).then(|| id.to_string())
 }
 
+fn is_blank(name: &Option<String>) -> bool {
+    name.as_deref() == Some("")
+}
+
+fn ttl_of(name: &Option<String>) -> std::time::Duration {
+    std::time::Duration::from_secs(if name.is_some() { 3600 } else { 10 })
+}
+
+#[cached(cache_none = true, unless = is_blank, ttl_from = ttl_of, cache = CACHE)]
+async fn nickname(id: u64) -> Option<String> {
+    (id != 0).then(|| if id == 1 { String::new() } else { id.to_string() })
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let filter = || Filter {
@@ -54,4 +67,9 @@ async fn main() {
 
     assert_eq!(lookup(3).await, None);
     assert!(lookup_invalidate(3).await.unwrap(), "None is cached with cache_none");
+
+    assert_eq!(nickname(1).await.as_deref(), Some(""));
+    assert!(!nickname_invalidate(1).await.unwrap(), "a blank nickname is not stored");
+    assert_eq!(nickname(2).await.as_deref(), Some("2"));
+    assert!(CACHE.ttl(nickname_key(2).trim_start_matches("app:")).await.unwrap().unwrap().as_secs() > 3500);
 }

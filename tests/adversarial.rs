@@ -19,10 +19,12 @@
 //! Faults, all drawn from the seed: calls wrapped in a `timeout` that may fire
 //! mid-computation (a dropped future), calls spawned as tasks and aborted,
 //! invalidations dropped mid-flight, child processes SIGKILLed (a replacement is
-//! started), and the Redis (a random master of the cluster) frozen with `SIGSTOP`
-//! past the operation timeout. A process to kill is picked among those that are
-//! computing. The memory backend runs the same callers in one
-//! process, with cancellations, aborts and invalidations only.
+//! started), the Redis (a random master of the cluster) frozen with `SIGSTOP`
+//! past the operation timeout, and on the cluster reshards: every slot of the
+//! keys one master serves moved to another while the children call. A process
+//! to kill is picked among those that are computing. The memory backend runs
+//! the same callers in one process, with cancellations, aborts and
+//! invalidations only.
 //!
 //! Every call, computation and invalidation is appended (one JSON line, one
 //! `write`, so a SIGKILL loses nothing already written) to a per-process log with
@@ -128,6 +130,9 @@ const KILL_EVERY_MS: (u64, u64) = (3_000, 6_000);
 /// past the default operation timeout of 250 ms.
 const FREEZE_EVERY_MS: (u64, u64) = (3_000, 6_000);
 const FREEZE_FOR_MS: (u64, u64) = (400, 1_200);
+/// The parent reshards the cluster every so often (ms): the slots of the keys a
+/// random master serves move to another master (`MOVED`, `ASK`, `TRYAGAIN`).
+const RESHARD_EVERY_MS: (u64, u64) = (1_500, 3_000);
 
 // ---------------------------------------------------------------------------
 // Bounds of the checker
@@ -329,9 +334,17 @@ enum Record {
         proc: u64,
         at: u64,
     },
-    /// The parent froze a Redis server.
+    /// The parent froze a Redis server, stalling `keys` (every key: `None`).
     Frozen {
         node: usize,
+        keys: Option<Vec<u64>>,
+        start: u64,
+        end: u64,
+    },
+    /// The parent moved every slot of the keys a master served to another
+    /// master (cluster only), while the children kept calling.
+    Resharded {
+        slots: usize,
         start: u64,
         end: u64,
     },
@@ -770,14 +783,7 @@ async fn adversarial_history(fx: Fixture) {
     }
     let ended = now_us();
     let records = dir.records();
-    let nodes = key_nodes(&fx).await;
-    let report = check(&History::new(
-        records,
-        started,
-        ended,
-        Policy::default().wait_limit(),
-        nodes,
-    ));
+    let report = check(&History::new(records, started, ended, Policy::default().wait_limit()));
     println!("adversarial ({backend}): {}", report.summary(seed));
     if report.violations.is_empty() {
         // `ASIDE_ADV_KEEP_LOGS=1` keeps the history of a passing run too.
@@ -793,21 +799,6 @@ async fn adversarial_history(fx: Fixture) {
         report.describe_violations(),
         reproduce(seed, backend)
     );
-}
-
-/// The cluster node holding each key (entry and lease share a slot); `None`
-/// on the other backends.
-async fn key_nodes(fx: &Fixture) -> Vec<Option<usize>> {
-    let Server::Cluster(cluster) = &fx.server else {
-        return vec![None; KEYS as usize];
-    };
-    let cache = fx.cache().await;
-    (0..KEYS)
-        .map(|key| {
-            let full = cache.full_key(key_name(key).as_str()).expect("full key");
-            Some(cluster.node_for_key(&full))
-        })
-        .collect()
 }
 
 /// Runs the child processes with kills and freezes until [`RUN`] is over, and
@@ -853,6 +844,17 @@ async fn run_processes(fx: &Fixture, seed: u64, dir: &LogDir) {
     let mut rng = Rng::new(seed, u64::MAX);
     let mut next_kill = Instant::now() + Duration::from_millis(1_500 + rng.between(KILL_EVERY_MS));
     let mut next_freeze = Instant::now() + Duration::from_millis(1_500 + rng.between(FREEZE_EVERY_MS));
+    let mut next_reshard = Instant::now() + Duration::from_millis(1_500 + rng.between(RESHARD_EVERY_MS));
+    // The hash slot of each key (entry and lease share it), on a cluster.
+    let key_slots: Vec<u16> = match &fx.server {
+        Server::Cluster(_) => {
+            let cache = fx.cache().await;
+            (0..KEYS)
+                .map(|key| aside_testkit::key_slot(&cache.full_key(key_name(key).as_str()).expect("full key")))
+                .collect()
+        }
+        _ => Vec::new(),
+    };
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let now = Instant::now();
@@ -880,9 +882,39 @@ async fn run_processes(fx: &Fixture, seed: u64, dir: &LogDir) {
             alive.push((spawn(&mut children, next_proc), next_proc));
             next_proc += 1;
         }
+        if let Server::Cluster(cluster) = &fx.server {
+            if now >= next_reshard {
+                let from = rng.below(servers.len() as u64) as usize;
+                let to = (from + 1 + rng.below(servers.len() as u64 - 1) as usize) % servers.len();
+                let mut slots: Vec<u16> = key_slots
+                    .iter()
+                    .copied()
+                    .filter(|slot| cluster.node_for_slot(*slot) == from)
+                    .collect();
+                slots.sort_unstable();
+                slots.dedup();
+                let start = now_us();
+                tokio::task::block_in_place(|| cluster.move_slots(&slots, to));
+                parent.write(&Record::Resharded {
+                    slots: slots.len(),
+                    start,
+                    end: now_us(),
+                });
+                next_reshard = Instant::now() + Duration::from_millis(rng.between(RESHARD_EVERY_MS));
+            }
+        }
         if now >= next_freeze {
             let node = rng.below(servers.len() as u64) as usize;
             let hold = Duration::from_millis(rng.between(FREEZE_FOR_MS));
+            // The keys the frozen node serves now (slots move in a reshard).
+            let keys = match &fx.server {
+                Server::Cluster(cluster) => Some(
+                    (0..KEYS)
+                        .filter(|key| cluster.node_for_slot(key_slots[*key as usize]) == node)
+                        .collect(),
+                ),
+                _ => None,
+            };
             let start = now_us();
             {
                 let _frozen = Frozen(servers[node]);
@@ -891,6 +923,7 @@ async fn run_processes(fx: &Fixture, seed: u64, dir: &LogDir) {
             }
             parent.write(&Record::Frozen {
                 node,
+                keys,
                 start,
                 end: now_us(),
             });
@@ -958,10 +991,9 @@ struct History {
     comps: HashMap<u64, Comp>,
     invals: Vec<Inval>,
     kills: Vec<(u64, u64)>,
-    /// (node, start, end).
-    freezes: Vec<(usize, u64, u64)>,
-    /// The node holding each key's entry and lease; `None` where every freeze stalls every key.
-    nodes: Vec<Option<usize>>,
+    /// (keys stalled, `None` for every key; start, end).
+    freezes: Vec<(Option<Vec<u64>>, u64, u64)>,
+    reshards: usize,
     stats: Vec<Record>,
     started: u64,
     ended: u64,
@@ -969,14 +1001,14 @@ struct History {
 }
 
 impl History {
-    fn new(records: Vec<Record>, started: u64, ended: u64, wait: Duration, nodes: Vec<Option<usize>>) -> History {
+    fn new(records: Vec<Record>, started: u64, ended: u64, wait: Duration) -> History {
         let mut history = History {
             calls: Vec::new(),
             comps: HashMap::new(),
             invals: Vec::new(),
             kills: Vec::new(),
             freezes: Vec::new(),
-            nodes,
+            reshards: 0,
             stats: Vec::new(),
             started,
             ended,
@@ -1056,7 +1088,8 @@ impl History {
                     ends.insert(inval, (end, ok, dropped));
                 }
                 Record::Killed { proc, at } => history.kills.push((proc, at)),
-                Record::Frozen { node, start, end } => history.freezes.push((node, start, end)),
+                Record::Frozen { keys, start, end, .. } => history.freezes.push((keys, start, end)),
+                Record::Resharded { .. } => history.reshards += 1,
                 stats @ Record::Stats { .. } => history.stats.push(stats),
             }
         }
@@ -1128,6 +1161,7 @@ struct Report {
     invalidations_killed: usize,
     kills: usize,
     freezes: usize,
+    reshards: usize,
     disturbed_calls: usize,
     cancelled_leaders: usize,
     /// Durations of the calls that returned: p50, p99, max.
@@ -1166,7 +1200,7 @@ impl Report {
             "seed {seed}; processes {}; calls {} (returned {}, cancelled {}, aborted {}, stuck {}; refreshes {}), computations {}; \
              invalidations {} (ok {}, failed {}, dropped {}, killed {}); faults: cancellations {}, aborts {} \
              ({} of them leaders dropped mid-computation), \
-             dropped invalidations {}, kills {}, freezes {}, calls that saw a backend error {}; \
+             dropped invalidations {}, kills {}, freezes {}, reshards {}, calls that saw a backend error {}; \
              cold periods checked {} (excluded {}); lock_waits {}, lock_timeouts {}, backend_errors {} \
              (processes that finished); calls took p50 {:?}, p99 {:?}, max {:?}; violations {}: {kinds:?}",
             self.processes,
@@ -1188,6 +1222,7 @@ impl Report {
             self.invalidations_dropped,
             self.kills,
             self.freezes,
+            self.reshards,
             self.disturbed_calls,
             self.periods_checked,
             self.periods_excluded,
@@ -1351,6 +1386,7 @@ fn check(history: &History) -> Report {
     }
     report.kills = history.kills.len();
     report.freezes = history.freezes.len();
+    report.reshards = history.reshards;
     for stats in &history.stats {
         if let Record::Stats {
             lock_waits,
@@ -1572,9 +1608,11 @@ impl History {
         {
             bound += TAKEOVER.min(self.wait);
         }
-        let node = self.nodes[call.key as usize];
-        for (frozen, start, end) in &self.freezes {
-            if node.is_none_or(|node| node == *frozen) && *start <= call.end && end + us(RECOVERY) >= call.start {
+        for (stalled, start, end) in &self.freezes {
+            if stalled.as_ref().is_none_or(|keys| keys.contains(&call.key))
+                && *start <= call.end
+                && end + us(RECOVERY) >= call.start
+            {
                 bound += Duration::from_micros(end - start) + RECOVERY;
             }
         }

@@ -234,6 +234,7 @@ impl RedisStore {
     /// then waits for ever; from here that looks like Redis timing out on every
     /// call, the breaker opening, and its probes timing out too. A single-node
     /// connection recovers by itself and is left alone.
+    ///
     /// `true` when `cell` was replaced by this call.
     fn replace_wedged(&self, cell: &Arc<OnceCell<Connection>>) -> bool {
         if !matches!(cell.get(), Some(Connection::Cluster(..))) {

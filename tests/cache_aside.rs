@@ -250,3 +250,93 @@ async fn an_argument_that_cannot_be_a_key_computes_every_time(fx: Fixture) {
     assert_eq!(runs.get(), 2);
     assert!(totals_key(&cache, map).starts_with("<no key: "));
 }
+
+/// What one client sends a server, read with `MONITOR` on a raw connection:
+/// each request a line, the commands scripts run inside (`[0 lua]`) left out.
+struct Monitor {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _reader: std::thread::JoinHandle<()>,
+}
+
+impl Monitor {
+    fn start(port: u16) -> Monitor {
+        use std::io::{BufRead, BufReader, Write};
+        let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect for MONITOR");
+        socket.write_all(b"MONITOR\r\n").expect("send MONITOR");
+        let mut reader = BufReader::new(socket);
+        let mut ok = String::new();
+        reader.read_line(&mut ok).expect("MONITOR answered");
+        assert_eq!(ok.trim_end(), "+OK");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&lines);
+        let _reader = std::thread::spawn(move || {
+            for line in reader.lines() {
+                let Ok(line) = line else { return };
+                if !line.contains(" lua]") {
+                    sink.lock().unwrap().push(line);
+                }
+            }
+        });
+        Monitor { lines, _reader }
+    }
+
+    /// The requests seen so far that name `fragment` (a key, or an argument).
+    fn requests_naming(&self, fragment: &str) -> Vec<String> {
+        let quoted = format!("\"{fragment}");
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains(&quoted) || line.contains(&format!(":{fragment}")))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Guarantee 1's cost, counted on the server: a miss of an entry with two tags
+/// sends three requests (the read, one script that takes the lease and records
+/// the entry in both tag sets, one script that stores) and a hit one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tagged_miss_costs_three_round_trips_and_a_hit_one() {
+    let fx = Fixture::redis();
+    let support::Server::Single(server) = &fx.server else {
+        unreachable!()
+    };
+    let cache = fx.cache().await;
+    let policy = Policy::new(Duration::from_secs(60)).tags(["orders", "region:eu"]);
+    let runs = Runs::default();
+    // Warm up: the scripts are loaded, the connections open.
+    let warm: Option<u64> = cache
+        .get_or_compute("warm-up", &policy, || async {
+            runs.tick();
+            Some(1u64)
+        })
+        .await;
+    assert_eq!(warm, Some(1));
+
+    let monitor = Monitor::start(server.port());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..2 {
+        let got: Option<u64> = cache
+            .get_or_compute("counted-miss", &policy, || async {
+                runs.tick();
+                Some(2u64)
+            })
+            .await;
+        assert_eq!(got, Some(2));
+    }
+    assert_eq!(runs.get(), 2, "one computation for the warm-up, one for the miss");
+    aside_testkit::until("the monitor to see the miss and the hit", || {
+        monitor.requests_naming("counted-miss").len() >= 4
+    })
+    .await;
+    // Anything more would arrive right after.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let requests = monitor.requests_naming("counted-miss").len();
+    assert_eq!(
+        requests,
+        4,
+        "a tagged miss is three requests and a hit one; seen: {:#?}",
+        monitor.requests_naming("counted-miss")
+    );
+}

@@ -254,15 +254,10 @@ where
         O::from_cached(old)
     }
 
-    /// Computes while holding the lease, then stores if the lease still holds
-    /// (or frees it when there is nothing to store), and lands the flight.
+    /// Computes while holding the lease (the entry is recorded in its tag sets
+    /// already), then stores if the lease still holds (or frees it when there is
+    /// nothing to store), and lands the flight.
     async fn compute_leased(self, held: Held<'c>, pilot: Option<Pilot>) -> O {
-        if held.record_tags().await.is_err() {
-            // Dropping the lease frees it.
-            drop(held);
-            self.probe.record(Event::BackendError);
-            return self.compute_unstored(pilot).await;
-        }
         let started = Instant::now();
         let outcome = held.hold((self.compute)()).await;
         self.probe.computed(started.elapsed());

@@ -33,9 +33,6 @@ mod floats;
 /// copy, or an entry and its lease, in different slots (`CROSSSLOT`).
 const RESERVED: [char; 2] = ['{', '}'];
 
-/// Refuses a tag (or a rendered template) that contains hash-slot braces.
-///
-
 /// Characters a `prefix` or `name` segment may not contain, besides white
 /// space: hash-slot braces and glob characters. The macro checks the same set
 /// at compile time (its `SEGMENT_RESERVED`; a test on each side pins both to
@@ -53,6 +50,8 @@ pub fn is_key_segment(segment: &str) -> bool {
     !segment.is_empty() && !segment.contains(|c: char| c.is_whitespace() || SEGMENT_RESERVED.contains(c))
 }
 
+/// Refuses a tag (or a rendered template) that contains hash-slot braces.
+///
 /// The text itself is left out of the problem: tags may carry user ids.
 pub(crate) fn check_braces(what: &str, text: &str) -> Result<(), String> {
     if text.contains(RESERVED) {

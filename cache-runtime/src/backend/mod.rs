@@ -40,6 +40,19 @@ pub(crate) enum Acquired {
     Taken(Option<Bytes>),
 }
 
+/// Where an entry is recorded while it is computed: its tag sets, each member
+/// scored by when the entry expires at the latest (`lifetime` from the record),
+/// each set kept alive that long, within `ceiling`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Record<'a> {
+    /// The full keys of the entry's tag sets (none: nothing to record).
+    pub(crate) tag_keys: &'a [String],
+    /// How long the entry may live counted from the record.
+    pub(crate) lifetime: Duration,
+    /// The TTL ceiling: no tag set outlives it.
+    pub(crate) ceiling: Duration,
+}
+
 /// A lease token: unique across processes (a per-process random seed and a
 /// counter). Whoever holds the lease of an entry is known by its token.
 pub(crate) fn new_token() -> String {
@@ -78,27 +91,26 @@ pub(crate) trait Backend: Send + Sync {
     /// A round trip to the store.
     fn ping(&self) -> impl Future<Output = Result<Duration>> + Send;
 
-    /// Records `entry` in each tag set of `tag_keys` (or renews its record),
-    /// scored by when its entry expires at the latest (`lifetime` from now),
-    /// pruning members whose entries have expired, and keeping each set alive
-    /// for `lifetime` at least, within `ceiling`.
-    fn register(
-        &self,
-        entry: &str,
-        tag_keys: &[String],
-        lifetime: Duration,
-        ceiling: Duration,
-    ) -> impl Future<Output = Result<()>> + Send;
+    /// Records `entry` in each of its tag sets (or renews its record), pruning
+    /// members whose entries have expired.
+    fn register(&self, entry: &str, record: Record<'_>) -> impl Future<Output = Result<()>> + Send;
     /// Takes the lease of `entry` for `token` if it is free (or always, with
-    /// `steal`); in the same step, reads the entry (not when stealing), so a
-    /// value another process stored since the caller's miss is seen without a
-    /// second round trip.
+    /// `steal`) and records the entry in its tag sets, as [`register`](Backend::register)
+    /// does; reads the entry too (not when stealing), so a value another process
+    /// stored since the caller's miss is seen without another round trip.
+    ///
+    /// `Taken` means the lease is still this token's once the records are made:
+    /// an invalidation that revoked it in between makes the answer `Busy`, so no
+    /// computation starts on a lease that is already gone. One round trip on a
+    /// single node (one script); on a cluster, whose tag sets live in other
+    /// slots, the lease, then the records in parallel, then a check of the lease.
     fn acquire_lease(
         &self,
         entry: &str,
         token: &str,
         ttl: Duration,
         steal: bool,
+        record: Record<'_>,
     ) -> impl Future<Output = Result<Acquired>> + Send;
     /// Extends the lease if `token` still holds it.
     fn renew_lease(&self, entry: &str, token: &str, ttl: Duration) -> impl Future<Output = Result<bool>> + Send;
@@ -172,12 +184,19 @@ impl Backend for Store {
         dispatch!(self, store => store.ping().await)
     }
 
-    async fn register(&self, entry: &str, tag_keys: &[String], lifetime: Duration, ceiling: Duration) -> Result<()> {
-        dispatch!(self, store => store.register(entry, tag_keys, lifetime, ceiling).await)
+    async fn register(&self, entry: &str, record: Record<'_>) -> Result<()> {
+        dispatch!(self, store => store.register(entry, record).await)
     }
 
-    async fn acquire_lease(&self, entry: &str, token: &str, ttl: Duration, steal: bool) -> Result<Acquired> {
-        dispatch!(self, store => store.acquire_lease(entry, token, ttl, steal).await)
+    async fn acquire_lease(
+        &self,
+        entry: &str,
+        token: &str,
+        ttl: Duration,
+        steal: bool,
+        record: Record<'_>,
+    ) -> Result<Acquired> {
+        dispatch!(self, store => store.acquire_lease(entry, token, ttl, steal, record).await)
     }
 
     async fn renew_lease(&self, entry: &str, token: &str, ttl: Duration) -> Result<bool> {

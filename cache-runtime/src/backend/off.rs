@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Acquired, Backend};
+use super::{Acquired, Backend, Record};
 use crate::error::Result;
 
 #[derive(Debug, Default)]
@@ -31,12 +31,12 @@ impl Backend for OffStore {
         Ok(Duration::ZERO)
     }
 
-    async fn register(&self, _: &str, _: &[String], _: Duration, _: Duration) -> Result<()> {
+    async fn register(&self, _: &str, _: Record<'_>) -> Result<()> {
         Ok(())
     }
 
     /// Every caller may compute: there is nothing to protect.
-    async fn acquire_lease(&self, _: &str, _: &str, _: Duration, _: bool) -> Result<Acquired> {
+    async fn acquire_lease(&self, _: &str, _: &str, _: Duration, _: bool, _: Record<'_>) -> Result<Acquired> {
         Ok(Acquired::Taken(None))
     }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::waiters::Waiters;
 use super::FALLBACK_RECHECK;
-use crate::backend::{new_token, Acquired, Backend, Store};
+use crate::backend::{new_token, Acquired, Backend, Record, Store};
 use crate::redact::Redacted;
 use crate::tags;
 
@@ -41,30 +41,47 @@ pub(crate) enum Waited {
 }
 
 impl<'a> Lease<'a> {
-    /// Records the entry in its tag sets (again: it may have been pruned, or its
-    /// set expired or been detached by an invalidation, meanwhile), scored by
-    /// the latest the entry can expire counted from now: a store needs the
-    /// lease, taken or renewed before this record and lasting `ttl`, and the
-    /// entry then lives `lifetime`.
+    /// Records the entry in its tag sets again (it may have been pruned, or its
+    /// set expired or been detached by an invalidation, meanwhile).
     async fn register(&self) -> crate::Result<()> {
         if self.tags.is_empty() {
             return Ok(());
         }
-        let tag_keys: Vec<String> = self.tags.iter().map(|tag| tags::tag_key(self.namespace, tag)).collect();
-        let member_lifetime = self.lifetime.saturating_add(self.ttl);
-        self.store
-            .register(self.entry, &tag_keys, member_lifetime, self.ceiling)
-            .await
+        let tag_keys = self.tag_keys();
+        self.store.register(self.entry, self.record(&tag_keys)).await
     }
 
-    /// Tries for the lease. `Ok(None)`: another computation holds it. With the
-    /// lease come the entry's bytes as they were when it was taken: another
-    /// process may have stored since the caller's miss.
+    /// The full keys of the entry's tag sets.
+    fn tag_keys(&self) -> Vec<String> {
+        self.tags.iter().map(|tag| tags::tag_key(self.namespace, tag)).collect()
+    }
+
+    /// The entry's record in `tag_keys`, scored by the latest the entry can
+    /// expire counted from now: a store needs the lease, taken or renewed
+    /// before the record and lasting `ttl`, and the entry then lives `lifetime`.
+    fn record<'k>(&self, tag_keys: &'k [String]) -> Record<'k> {
+        Record {
+            tag_keys,
+            lifetime: self.lifetime.saturating_add(self.ttl),
+            ceiling: self.ceiling,
+        }
+    }
+
+    /// Tries for the lease, recording the entry in its tag sets with it (see the
+    /// protocol in [`lock`](crate::lock)). `Ok(None)`: another computation holds
+    /// it (or an invalidation revoked it at once). With the lease come the
+    /// entry's bytes as they were when it was taken: another process may have
+    /// stored since the caller's miss.
     pub(crate) async fn take(&self) -> crate::Result<Option<(Held<'a>, Option<Bytes>)>> {
         // Armed before the request is sent: if this future is dropped while the
         // request is under way, the lease it may have taken is freed.
         let held = Held::new(*self);
-        let stored = match self.store.acquire_lease(self.entry, &held.token, self.ttl, false).await {
+        let tag_keys = self.tag_keys();
+        let stored = match self
+            .store
+            .acquire_lease(self.entry, &held.token, self.ttl, false, self.record(&tag_keys))
+            .await
+        {
             Ok(Acquired::Taken(stored)) => stored,
             Ok(Acquired::Busy) => {
                 held.disarm();
@@ -81,8 +98,9 @@ impl<'a> Lease<'a> {
     /// Takes the lease even from a computation in flight (whose store is then refused).
     pub(crate) async fn steal(&self) -> crate::Result<Held<'a>> {
         let held = Held::new(*self);
+        let tag_keys = self.tag_keys();
         self.store
-            .acquire_lease(self.entry, &held.token, self.ttl, true)
+            .acquire_lease(self.entry, &held.token, self.ttl, true, self.record(&tag_keys))
             .await?;
         Ok(held)
     }
@@ -132,7 +150,8 @@ pub(crate) struct Held<'a> {
     lease: Lease<'a>,
     token: String,
     armed: bool,
-    /// When the entry was last recorded in its tag sets.
+    /// When the entry was last recorded in its tag sets (at the latest: the
+    /// lease and the first record are asked for after this is set).
     recorded_at: std::sync::Mutex<Instant>,
 }
 
@@ -149,15 +168,6 @@ impl<'a> Held<'a> {
     /// Forgets the lease without freeing it (it was not taken, or is gone).
     fn disarm(mut self) {
         self.armed = false;
-    }
-
-    /// Records the entry in its tag sets before its computation starts (after
-    /// the lease is taken: see the protocol in [`lock`](crate::lock)). On an
-    /// error the caller drops the lease, which frees it.
-    pub(crate) async fn record_tags(&self) -> crate::Result<()> {
-        self.lease.register().await?;
-        self.recorded();
-        Ok(())
     }
 
     /// Whether this token still holds the lease (renewing it): `false` once an

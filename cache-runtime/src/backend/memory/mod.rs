@@ -12,7 +12,7 @@ use moka::Expiry;
 
 mod glob;
 
-use super::{Acquired, Backend, Wake};
+use super::{Acquired, Backend, Record, Wake};
 use crate::config::MemoryCapacity;
 use crate::error::Result;
 
@@ -178,6 +178,26 @@ impl MemoryStore {
         leases.get(entry)
     }
 
+    /// Whether `token` holds the lease of `entry`.
+    fn holds(&self, entry: &str, token: &str) -> bool {
+        Self::held(&mut lock(&self.leases), entry).is_some_and(|lease| lease.token == token)
+    }
+
+    /// Records `entry` in each of its tag sets (see [`Backend::register`]).
+    fn record(&self, entry: &str, record: Record<'_>) {
+        let now = Instant::now();
+        for tag_key in record.tag_keys {
+            let mut shard = self.tag_shard(tag_key);
+            shard.sweep(now);
+            let set = shard.sets.entry(tag_key.clone()).or_insert_with(|| TagSet::new(now));
+            if set.expires_at <= now {
+                *set = TagSet::new(now);
+            }
+            set.record(entry, now + record.lifetime, now);
+            set.expires_at = set.expires_at.max(now + record.lifetime.min(record.ceiling));
+        }
+    }
+
     /// Frees the lease of `entry` if `token` holds it, and wakes its waiters.
     pub(crate) fn release_now(&self, entry: &str, token: &str) {
         let released = {
@@ -239,37 +259,44 @@ impl Backend for MemoryStore {
         Ok(Duration::ZERO)
     }
 
-    async fn register(&self, entry: &str, tag_keys: &[String], lifetime: Duration, ceiling: Duration) -> Result<()> {
-        let now = Instant::now();
-        for tag_key in tag_keys {
-            let mut shard = self.tag_shard(tag_key);
-            shard.sweep(now);
-            let set = shard.sets.entry(tag_key.clone()).or_insert_with(|| TagSet::new(now));
-            if set.expires_at <= now {
-                *set = TagSet::new(now);
-            }
-            set.record(entry, now + lifetime, now);
-            set.expires_at = set.expires_at.max(now + lifetime.min(ceiling));
-        }
+    async fn register(&self, entry: &str, record: Record<'_>) -> Result<()> {
+        self.record(entry, record);
         Ok(())
     }
 
-    async fn acquire_lease(&self, entry: &str, token: &str, ttl: Duration, steal: bool) -> Result<Acquired> {
-        let mut leases = lock(&self.leases);
-        if self.lease_requests.fetch_add(1, Ordering::Relaxed) % LEASE_SWEEP_EVERY == LEASE_SWEEP_EVERY - 1 {
-            let now = Instant::now();
-            leases.retain(|_, lease| lease.expires_at > now);
+    async fn acquire_lease(
+        &self,
+        entry: &str,
+        token: &str,
+        ttl: Duration,
+        steal: bool,
+        record: Record<'_>,
+    ) -> Result<Acquired> {
+        {
+            let mut leases = lock(&self.leases);
+            if self.lease_requests.fetch_add(1, Ordering::Relaxed) % LEASE_SWEEP_EVERY == LEASE_SWEEP_EVERY - 1 {
+                let now = Instant::now();
+                leases.retain(|_, lease| lease.expires_at > now);
+            }
+            if !steal && Self::held(&mut leases, entry).is_some() {
+                return Ok(Acquired::Busy);
+            }
+            leases.insert(
+                entry.to_owned(),
+                Lease {
+                    token: token.to_owned(),
+                    expires_at: Instant::now() + ttl,
+                },
+            );
         }
-        if !steal && Self::held(&mut leases, entry).is_some() {
+        // Recorded after the lease is taken (see the protocol in `lock`), with
+        // the leases unlocked: invalidations lock tag sets, then leases.
+        self.record(entry, record);
+        // An invalidation between the two revoked the lease: say so now,
+        // before a computation starts on it.
+        if !steal && !self.holds(entry, token) {
             return Ok(Acquired::Busy);
         }
-        leases.insert(
-            entry.to_owned(),
-            Lease {
-                token: token.to_owned(),
-                expires_at: Instant::now() + ttl,
-            },
-        );
         Ok(Acquired::Taken(if steal {
             None
         } else {
@@ -367,12 +394,27 @@ mod tests {
         fn wake(&self, _: &str) {}
     }
 
+    /// The record of an entry in `tag_keys`, living `lifetime`, under a one-day ceiling.
+    fn record(tag_keys: &[String], lifetime: Duration) -> Record<'_> {
+        Record {
+            tag_keys,
+            lifetime,
+            ceiling: Duration::from_secs(86_400),
+        }
+    }
+
     #[tokio::test]
     async fn expired_leases_are_swept() {
         let store = MemoryStore::new(MemoryCapacity::Entries(100), Arc::new(NoWake));
         for n in 0..LEASE_SWEEP_EVERY {
             let taken = store
-                .acquire_lease(&format!("left:{n}"), "t", Duration::from_millis(1), false)
+                .acquire_lease(
+                    &format!("left:{n}"),
+                    "t",
+                    Duration::from_millis(1),
+                    false,
+                    record(&[], DAY),
+                )
                 .await
                 .unwrap();
             assert!(matches!(taken, Acquired::Taken(None)));
@@ -380,7 +422,13 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         for n in 0..LEASE_SWEEP_EVERY {
             store
-                .acquire_lease(&format!("live:{n}"), "t", Duration::from_secs(60), false)
+                .acquire_lease(
+                    &format!("live:{n}"),
+                    "t",
+                    Duration::from_secs(60),
+                    false,
+                    record(&[], DAY),
+                )
                 .await
                 .unwrap();
         }
@@ -417,20 +465,23 @@ mod tests {
         let store = store();
         let tag = ["t".to_owned()];
         store
-            .register("short", &tag, Duration::from_millis(20), DAY)
+            .register("short", record(&tag, Duration::from_millis(20)))
             .await
             .unwrap();
         store
-            .register("long", &tag, Duration::from_secs(60), DAY)
+            .register("long", record(&tag, Duration::from_secs(60)))
             .await
             .unwrap();
         // A shorter record never shortens a member's life.
         store
-            .register("long", &tag, Duration::from_millis(1), DAY)
+            .register("long", record(&tag, Duration::from_millis(1)))
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(40)).await;
-        store.register("new", &tag, Duration::from_secs(60), DAY).await.unwrap();
+        store
+            .register("new", record(&tag, Duration::from_secs(60)))
+            .await
+            .unwrap();
         assert_eq!(members(&store, "t"), ["long", "new"]);
     }
 
@@ -442,12 +493,12 @@ mod tests {
             .find(|n| shard_of(n) == shard_of("gone"))
             .unwrap();
         store
-            .register("e", &["gone".to_owned()], Duration::from_millis(20), DAY)
+            .register("e", record(&["gone".to_owned()], Duration::from_millis(20)))
             .await
             .unwrap();
         tokio::time::sleep(SWEEP_EVERY + Duration::from_millis(50)).await;
         store
-            .register("e", std::slice::from_ref(&neighbour), Duration::from_secs(60), DAY)
+            .register("e", record(std::slice::from_ref(&neighbour), Duration::from_secs(60)))
             .await
             .unwrap();
         let shard = store.tag_shard("gone");
@@ -467,7 +518,10 @@ mod tests {
                 .set(entry, Bytes::from_static(b"1"), Duration::from_secs(60))
                 .await
                 .unwrap();
-            store.register(entry, &tag, Duration::from_secs(60), DAY).await.unwrap();
+            store
+                .register(entry, record(&tag, Duration::from_secs(60)))
+                .await
+                .unwrap();
         }
         store.invalidate_entry("c").await.unwrap();
         store

@@ -21,7 +21,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
 
-use super::{Acquired, Backend, Wake};
+use super::{Acquired, Backend, Record, Wake};
 use crate::breaker::{Breaker, BreakerState};
 use crate::config::{RedisTarget, Settings};
 use crate::error::{Error, Result};
@@ -747,9 +747,9 @@ impl Backend for RedisStore {
         Ok(started.elapsed())
     }
 
-    async fn register(&self, entry: &str, tag_keys: &[String], lifetime: Duration, ceiling: Duration) -> Result<()> {
-        let (lifetime, ceiling) = (millis(lifetime), millis(ceiling));
-        let each = tag_keys.iter().map(|tag_key| {
+    async fn register(&self, entry: &str, record: Record<'_>) -> Result<()> {
+        let (lifetime, ceiling) = (millis(record.lifetime), millis(record.ceiling));
+        let each = record.tag_keys.iter().map(|tag_key| {
             self.call("register tag", move |mut conn| async move {
                 let mut invocation = scripts::REGISTER.key(tag_key);
                 invocation.arg(entry).arg(lifetime).arg(ceiling);
@@ -759,40 +759,56 @@ impl Backend for RedisStore {
         futures_util::future::try_join_all(each).await.map(|_| ())
     }
 
-    async fn acquire_lease(&self, entry: &str, token: &str, ttl: Duration, steal: bool) -> Result<Acquired> {
-        let lease = lease_key(entry);
-        let ms = millis(ttl);
-        if steal {
-            let _: () = self
-                .run("SET", redis::cmd("SET").arg(&lease).arg(token).arg("PX").arg(ms))
-                .await?;
-            return Ok(Acquired::Taken(None));
-        }
-        let lease = &lease;
+    async fn acquire_lease(
+        &self,
+        entry: &str,
+        token: &str,
+        ttl: Duration,
+        steal: bool,
+        record: Record<'_>,
+    ) -> Result<Acquired> {
+        // On a single node the tag sets go into the script: one round trip, and
+        // the lease is still ours when the answer comes. On a cluster they
+        // live in other slots: recorded after the lease, then the lease checked.
+        let on_cluster = self.target.cluster_nodes().is_some();
+        let in_script: &[String] = if on_cluster { &[] } else { record.tag_keys };
+        let lease = &lease_key(entry);
         let answer: Value = self
             .call("acquire lease", |mut conn| async move {
-                scripts::ACQUIRE_LEASE
-                    .key(lease)
-                    .key(entry)
+                let mut invocation = scripts::ACQUIRE_LEASE.key(lease);
+                invocation.key(entry);
+                for tag_key in in_script {
+                    invocation.key(tag_key);
+                }
+                invocation
                     .arg(token)
-                    .arg(ms)
-                    .invoke_async(&mut conn)
-                    .await
+                    .arg(millis(ttl))
+                    .arg(u8::from(steal))
+                    .arg(millis(record.lifetime))
+                    .arg(millis(record.ceiling));
+                invocation.invoke_async(&mut conn).await
             })
             .await?;
-        match answer {
-            Value::Array(parts) if parts.first() == Some(&Value::Int(1)) => {
-                let stored: Option<Vec<u8>> = match parts.get(1) {
-                    Some(value) => redis::from_redis_value_ref(value).map_err(|e| Error::Redis {
+        let stored = match answer {
+            Value::Array(parts) if parts.first() == Some(&Value::Int(1)) => match parts.get(1) {
+                Some(value) => redis::from_redis_value_ref::<Option<Vec<u8>>>(value)
+                    .map_err(|e| Error::Redis {
                         op: "acquire lease",
                         source: e.into(),
-                    })?,
-                    None => None,
-                };
-                Ok(Acquired::Taken(stored.map(Bytes::from)))
+                    })?
+                    .map(Bytes::from),
+                None => None,
+            },
+            _ => return Ok(Acquired::Busy),
+        };
+        if on_cluster && !record.tag_keys.is_empty() {
+            self.register(entry, record).await?;
+            // An invalidation between the lease and the records revoked it.
+            if !steal && !self.renew_lease(entry, token, ttl).await? {
+                return Ok(Acquired::Busy);
             }
-            _ => Ok(Acquired::Busy),
         }
+        Ok(Acquired::Taken(stored))
     }
 
     async fn renew_lease(&self, entry: &str, token: &str, ttl: Duration) -> Result<bool> {

@@ -36,22 +36,58 @@ return 0
     )
 });
 
-/// KEYS: lease, entry. ARGV: token, ttl ms. Takes the lease if it is free
-/// (also when `token` already holds it: a re-sent request) and returns
-/// `{1, entry}` — the entry as it is now, or false — else `0`.
+/// Lua: `record(set, member, lifetime, ceiling, now)` records `member` in the
+/// tag set `set`, scored by when its entry expires at the latest (`now +
+/// lifetime`, on the server's clock); prunes the members whose entries must be
+/// gone; keeps the set as long as its longest-lived member, at most `ceiling`.
+/// `now_ms()` is the server's clock in milliseconds. Shared by [`REGISTER`] and
+/// [`ACQUIRE_LEASE`], so a record means the same whichever script makes it.
+const RECORD: &str = r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function record(set, member, lifetime, ceiling, now)
+  redis.call('ZADD', set, 'GT', now + lifetime, member)
+  redis.call('ZREMRANGEBYSCORE', set, '-inf', '(' .. now)
+  local keep = math.min(lifetime, ceiling)
+  if redis.call('PTTL', set) < keep then
+    redis.call('PEXPIRE', set, keep)
+  end
+end
+";
+
+/// KEYS: lease, entry, then the entry's tag sets (on a single node only: they
+/// live in other slots). ARGV: token, ttl ms, `1` to steal, member lifetime
+/// ms, ceiling ms.
+/// Takes the lease if it is free (also when `token` already holds it: a
+/// re-sent request), or always when stealing, records the entry in each tag
+/// set given, and returns `{1, entry}` — the entry as it is now, or false
+/// (`{1}` when stealing) — else `0`.
 pub(crate) static ACQUIRE_LEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{RECORD}{}",
         r"
+local steal = ARGV[3] == '1'
 local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then
+if not steal and holder and holder ~= ARGV[1] then
   return 0
 end
-if not holder then
+if steal or not holder then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
+if #KEYS > 2 then
+  local now = now_ms()
+  for i = 3, #KEYS do
+    record(KEYS[i], KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]), now)
+  end
+end
+if steal then
+  return {1}
+end
 return {1, redis.call('GET', KEYS[2])}
-",
-    )
+"
+    ))
 });
 
 /// KEYS: lease. ARGV: token, ttl ms. Extends the lease while `token` holds it.
@@ -124,25 +160,15 @@ return removed
 });
 
 /// KEYS: tag set. ARGV: entry, member lifetime ms, ceiling ms.
-/// Scores are when each member's entry expires at the latest (now + its
-/// lifetime, on the tag node's clock): members whose entries must be gone are
-/// pruned, and the set lives as long as its longest-lived member, at most the
-/// ceiling.
+/// Records the entry in the set (see [`RECORD`]).
 pub(crate) static REGISTER: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{RECORD}{}",
         r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lifetime = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], 'GT', now + lifetime, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
-local keep = math.min(lifetime, tonumber(ARGV[3]))
-if redis.call('PTTL', KEYS[1]) < keep then
-  redis.call('PEXPIRE', KEYS[1], keep)
-end
+record(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), now_ms())
 return 1
-",
-    )
+"
+    ))
 });
 
 /// KEYS: tag set, the tag's pending list, a private key in its slot.

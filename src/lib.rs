@@ -6,9 +6,9 @@ pub use cache_runtime::tag;
 pub use cache_runtime::Adaptive;
 pub use cache_runtime::CacheStatus;
 pub use cache_runtime::{
-    config, invalidate_key, invalidate_pattern, invalidate_tag, key, policy, stats, BackendKind, BreakerState, Cache,
-    CacheBuilder, Counters, EntryFormat, Error, Events, Invalidation, InvalidationKind, Key, MemoryCapacity, Outcome,
-    Plain, Policy, RedisTarget, Result, Settings, Stats, TTL_CEILING,
+    config, expire_key, expire_tag, invalidate_key, invalidate_pattern, invalidate_tag, key, policy, stats,
+    BackendKind, BreakerState, Cache, CacheBuilder, Counters, EntryFormat, Error, Events, Invalidation,
+    InvalidationKind, Key, MemoryCapacity, Outcome, Plain, Policy, RedisTarget, Result, Settings, Stats, TTL_CEILING,
 };
 
 #[cfg(feature = "tower")]

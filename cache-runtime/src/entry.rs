@@ -19,8 +19,10 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
-const MAGIC: u8 = 0xA5;
+pub(crate) const MAGIC: u8 = 0xA5;
 const HEADER: usize = 10;
+/// Where the fresh-until stamp sits in the header.
+pub(crate) const STAMP_AT: usize = 2;
 const JSON: u8 = 1;
 const MESSAGE_PACK: u8 = 2;
 
@@ -179,11 +181,22 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<E
         other => return Err(DecodeError::Format(other)),
     };
     let mut stamp = [0u8; 8];
-    stamp.copy_from_slice(&bytes[2..HEADER]);
+    stamp.copy_from_slice(&bytes[STAMP_AT..HEADER]);
     Ok(Entry {
         value,
         fresh_until_ms: u64::from_be_bytes(stamp),
     })
+}
+
+/// The entry `bytes` made stale at once (its fresh-until stamp zeroed; value
+/// and format kept), or `None` when they are not an entry.
+pub(crate) fn expired(bytes: &[u8]) -> Option<Vec<u8>> {
+    if bytes.len() < HEADER || bytes[0] != MAGIC {
+        return None;
+    }
+    let mut stale = bytes.to_vec();
+    stale[STAMP_AT..HEADER].fill(0);
+    Some(stale)
 }
 
 pub(crate) fn unix_ms(time: SystemTime) -> u64 {

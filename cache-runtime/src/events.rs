@@ -12,6 +12,10 @@ pub enum InvalidationKind {
     Tag,
     /// Every key matching a glob ([`Cache::invalidate_pattern`](crate::Cache::invalidate_pattern)).
     Pattern,
+    /// One key made stale ([`Cache::expire_key`](crate::Cache::expire_key), `<fn>_expire`).
+    ExpiredKey,
+    /// Every entry with a tag made stale ([`Cache::expire_tag`](crate::Cache::expire_tag)).
+    ExpiredTag,
 }
 
 /// One completed invalidation, as seen by [`Cache::events`](crate::Cache::events).
@@ -22,7 +26,7 @@ pub struct Invalidation {
     pub kind: InvalidationKind,
     /// The full key, the tag, or the full pattern.
     pub target: String,
-    /// How many entries were removed.
+    /// How many entries were removed (or, for the `Expired…` kinds, made stale).
     pub removed: u64,
 }
 

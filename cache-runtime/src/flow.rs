@@ -17,6 +17,7 @@ use crate::entry::{self, Entry};
 use crate::lock::flight::{Flights, Landing, Pilot, Role};
 use crate::lock::lease::{Held, Lease, Waited};
 use crate::lock::waiters::Waiters;
+use crate::lock::REFRESH_BACKOFF;
 use crate::outcome::Outcome;
 use crate::policy::{clamp, jittered, Policy, MIN_TTL};
 use crate::redact::Redacted;
@@ -33,6 +34,9 @@ pub(crate) struct Shared {
     flights: Arc<Flights>,
     /// Callers that gave up waiting for another process, computing without storing.
     fallbacks: Arc<Flights>,
+    /// Background refreshes (refresh ahead, detached stale refreshes): at most
+    /// one per entry in this process.
+    pub(crate) refreshes: Arc<Flights>,
 }
 
 impl Shared {
@@ -44,6 +48,7 @@ impl Shared {
             waiters,
             flights: Arc::default(),
             fallbacks: Arc::default(),
+            refreshes: Arc::default(),
         }
     }
 }
@@ -105,30 +110,76 @@ where
 
     /// `get_or_compute`: a hit, a stale value, or a miss.
     pub(crate) async fn lookup(self) -> O {
-        let stale = match self.shared.store.get(self.entry).await {
-            Ok(Some(bytes)) => match self.shared.codec.decode::<O::Value>(self.entry, &bytes, self.probe) {
-                Some(entry) if entry.is_fresh() => {
-                    self.probe.record(Event::Hit);
-                    return O::from_cached(entry.value);
-                }
-                Some(entry) if !self.policy.stale_window().is_zero() => Some(entry.value),
-                _ => None,
-            },
-            Ok(None) => None,
-            Err(_) => {
+        let found = self.read().await;
+        self.answer(found).await
+    }
+
+    /// What the store holds for the entry. The future borrows the call's parts,
+    /// not the call (whose computation need not be `Sync`).
+    pub(crate) fn read(&self) -> impl Future<Output = Found<O::Value>> + 'c {
+        let (shared, entry, policy, probe) = (self.shared, self.entry, self.policy, self.probe);
+        async move {
+            match shared.store.get(entry).await {
+                Ok(Some(bytes)) => match shared.codec.decode::<O::Value>(entry, &bytes, probe) {
+                    Some(found) if found.is_fresh() => Found::Fresh(found),
+                    Some(found) if !policy.stale_window().is_zero() => Found::Stale(found.value),
+                    _ => Found::Cold,
+                },
+                Ok(None) => Found::Cold,
+                Err(_) => Found::Failed,
+            }
+        }
+    }
+
+    /// Answers the call from what [`read`](Call::read) found: the value of a
+    /// fresh entry, or a refresh of a stale one, or a miss.
+    pub(crate) async fn answer(self, found: Found<O::Value>) -> O {
+        match found {
+            Found::Fresh(entry) => {
+                self.probe.record(Event::Hit);
+                O::from_cached(entry.value)
+            }
+            // The cold paths are boxed: the lease protocol makes their futures large,
+            // and every hit would otherwise carry (and move) that size.
+            Found::Stale(old) => Box::pin(self.revalidate(old)).await,
+            Found::Cold => {
+                self.probe.record(Event::Miss);
+                Box::pin(self.miss()).await
+            }
+            Found::Failed => {
                 // The store is failing: no lock, no store, just the value.
                 self.probe.record(Event::BackendError);
                 self.probe.record(Event::Miss);
-                return self.compute_unstored(None).await;
+                self.compute_unstored(None).await
             }
-        };
-        match stale {
-            // The cold paths are boxed: the lease protocol makes their futures large,
-            // and every hit would otherwise carry (and move) that size.
-            Some(old) => Box::pin(self.revalidate(old)).await,
-            None => {
-                self.probe.record(Event::Miss);
-                Box::pin(self.miss()).await
+        }
+    }
+
+    /// A background refresh (refresh ahead, or a stale entry refreshed while
+    /// its callers are served the old value): computes and stores under the
+    /// lease if the lease is free and the store holds no newer value than the
+    /// one that started the refresh. `Some` with the value when it computed or
+    /// found one; `None` when another computation holds the lease or the
+    /// store failed. A refresh that fails keeps the lease for
+    /// [`REFRESH_BACKOFF`](crate::lock::REFRESH_BACKOFF), so the callers that
+    /// follow are served the old value instead of each trying again.
+    pub(crate) async fn refresh_in_background(self) -> Option<O> {
+        match self.lease.take().await {
+            Ok(Some((held, stored))) => {
+                let now = entry::unix_ms(std::time::SystemTime::now());
+                let newer = stored
+                    .and_then(|bytes| entry::decode::<O::Value>(&bytes).ok())
+                    .filter(|entry| entry.is_fresh() && !self.policy.due_ahead(entry.fresh_until_ms, now));
+                if let Some(entry) = newer {
+                    held.release().await;
+                    return Some(O::from_cached(entry.value));
+                }
+                Some(self.compute_leased(held, None, true).await)
+            }
+            Ok(None) => None,
+            Err(_) => {
+                self.probe.record(Event::BackendError);
+                None
             }
         }
     }
@@ -136,7 +187,7 @@ where
     /// `refresh`: takes the lease even from a computation in flight, computes and stores.
     pub(crate) async fn overwrite(self) -> O {
         match self.lease.steal().await {
-            Ok(held) => self.compute_leased(held, None).await,
+            Ok(held) => self.compute_leased(held, None, false).await,
             Err(_) => {
                 self.probe.record(Event::BackendError);
                 self.compute_unstored(None).await
@@ -201,7 +252,7 @@ where
                         held.release().await;
                         return O::from_cached(value);
                     }
-                    return self.compute_leased(held, Some(pilot)).await;
+                    return self.compute_leased(held, Some(pilot), false).await;
                 }
                 Ok(None) => {
                     self.note_wait();
@@ -239,7 +290,7 @@ where
                     return O::from_cached(value);
                 }
                 let policy = self.policy;
-                let outcome = self.compute_leased(held, None).await;
+                let outcome = self.compute_leased(held, None, true).await;
                 // A declined value (`unless`) is a value all the same: the
                 // caller gets it, and the stale entry stays for the others.
                 if outcome.cacheable(policy).is_some() || outcome.declined().is_some() {
@@ -256,8 +307,10 @@ where
 
     /// Computes while holding the lease (the entry is recorded in its tag sets
     /// already), then stores if the lease still holds (or frees it when there is
-    /// nothing to store), and lands the flight.
-    async fn compute_leased(self, held: Held<'c>, pilot: Option<Pilot>) -> O {
+    /// nothing to store), and lands the flight. With `backoff` (a stale value is
+    /// at hand), a result that failed keeps the lease for
+    /// [`REFRESH_BACKOFF`](crate::lock::REFRESH_BACKOFF) instead of freeing it.
+    async fn compute_leased(self, held: Held<'c>, pilot: Option<Pilot>, backoff: bool) -> O {
         let started = Instant::now();
         let outcome = held.hold((self.compute)()).await;
         self.probe.computed(started.elapsed());
@@ -285,7 +338,11 @@ where
                         valid_from = checked;
                     }
                 }
-                held.release().await;
+                if backoff && outcome.declined().is_none() {
+                    held.back_off(REFRESH_BACKOFF).await;
+                } else {
+                    held.release().await;
+                }
                 declined
             }
             Some(Err(error)) => {
@@ -359,6 +416,11 @@ where
         outcome
     }
 
+    /// The computation, for a call that hands it to a task of its own.
+    pub(crate) fn into_compute(self) -> F {
+        self.compute
+    }
+
     /// Counts the first wait of the call.
     fn note_wait(&mut self) {
         if !std::mem::replace(&mut self.waited, true) {
@@ -370,6 +432,18 @@ where
     fn decode_shared(&self, bytes: &Bytes) -> Option<O::Value> {
         entry::decode::<O::Value>(bytes).ok().map(|entry| entry.value)
     }
+}
+
+/// What the store holds for one entry, as a call sees it.
+pub(crate) enum Found<T> {
+    /// A fresh entry.
+    Fresh(Entry<T>),
+    /// A stale value within the policy's `stale` window.
+    Stale(T),
+    /// No usable entry: none, expired, or one that does not decode (counted).
+    Cold,
+    /// The store failed or is skipped.
+    Failed,
 }
 
 /// `value` encoded for the flight's followers, if it has any.

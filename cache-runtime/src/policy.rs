@@ -25,6 +25,11 @@ pub struct Policy {
     cache_none: bool,
     /// Millionths of the TTL; `None`: the cache's `CACHE_TTL_JITTER`.
     jitter: Option<u32>,
+    /// Millionths of the fresh life after which a hit starts a background refresh.
+    refresh_ahead: Option<u32>,
+    /// With a stale value at hand, how long the refreshing caller waits for its
+    /// computation before taking the stale value (detached calls only).
+    soft_timeout: Option<Duration>,
     function: Option<Cow<'static, str>>,
     tags: Vec<String>,
     /// Why a tag could not be rendered: the call then computes without the cache,
@@ -72,6 +77,8 @@ impl Policy {
             wait: DEFAULT_WAIT,
             cache_none: false,
             jitter: None,
+            refresh_ahead: None,
+            soft_timeout: None,
             function: None,
             tags: Vec::new(),
             unusable: None,
@@ -161,6 +168,75 @@ impl Policy {
     /// The jitter in millionths, or `default` when the policy sets none.
     pub(crate) fn jitter_units(&self, default: u32) -> u32 {
         self.jitter.unwrap_or(default)
+    }
+
+    /// Refresh ahead: a hit after this fraction of its entry's fresh life (for
+    /// example `0.8`: in the last 20 % of `ttl`) returns the value at once and
+    /// starts one background refresh of it, cluster-wide (under the entry's
+    /// lease), so a key that keeps being read never goes cold. The refresh
+    /// checks the store first (another process may have refreshed it), and an
+    /// invalidation during it refuses its store, as for any computation.
+    ///
+    /// A fraction strictly between 0 and 1; others (NaN included) turn refresh
+    /// ahead off. It takes effect through
+    /// [`get_or_compute_detached`](crate::Cache::get_or_compute_detached), whose
+    /// computation may outlive its caller; `get_or_compute` cannot run a
+    /// borrowed computation in the background, and ignores it.
+    ///
+    /// ```
+    /// use aside::Policy;
+    /// assert_eq!(Policy::default().refresh_ahead(0.8).refresh_ahead_fraction(), Some(0.8));
+    /// assert_eq!(Policy::default().refresh_ahead(1.5).refresh_ahead_fraction(), None);
+    /// ```
+    pub fn refresh_ahead(mut self, fraction: f64) -> Policy {
+        self.refresh_ahead = (fraction > 0.0 && fraction < 1.0)
+            .then(|| crate::config::jitter_units(fraction))
+            .filter(|units| *units > 0 && *units < crate::config::JITTER_UNIT);
+        self
+    }
+
+    /// The refresh-ahead fraction set with [`refresh_ahead`](Policy::refresh_ahead), if any.
+    pub fn refresh_ahead_fraction(&self) -> Option<f64> {
+        self.refresh_ahead
+            .map(|units| f64::from(units) / f64::from(crate::config::JITTER_UNIT))
+    }
+
+    /// Whether an entry fresh until `fresh_until_ms` (Unix milliseconds) is, at
+    /// `now_ms`, in the part of its fresh life that starts a refresh ahead.
+    pub(crate) fn due_ahead(&self, fresh_until_ms: u64, now_ms: u64) -> bool {
+        let Some(units) = self.refresh_ahead else {
+            return false;
+        };
+        let rest = f64::from(crate::config::JITTER_UNIT - units) / f64::from(crate::config::JITTER_UNIT);
+        let window = u64::try_from(self.ttl.mul_f64(rest).as_millis()).unwrap_or(u64::MAX);
+        fresh_until_ms.saturating_sub(now_ms) <= window
+    }
+
+    /// Soft timeout: when a stale value is at hand (within [`stale`](Policy::stale))
+    /// and the caller that refreshes it waits longer than this for the
+    /// computation, it returns the stale value; the computation finishes and
+    /// stores in the background. Zero: that caller takes the stale value at
+    /// once, like every other caller. Without a soft timeout, a detached call
+    /// that refreshes waits for its computation.
+    ///
+    /// It takes effect through
+    /// [`get_or_compute_detached`](crate::Cache::get_or_compute_detached), as
+    /// [`refresh_ahead`](Policy::refresh_ahead) does.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use aside::Policy;
+    /// let policy = Policy::default().stale(Duration::from_secs(60)).soft_timeout(Duration::from_millis(200));
+    /// assert_eq!(policy.soft_timeout_limit(), Some(Duration::from_millis(200)));
+    /// ```
+    pub const fn soft_timeout(mut self, soft_timeout: Duration) -> Policy {
+        self.soft_timeout = Some(soft_timeout);
+        self
+    }
+
+    /// The soft timeout set with [`soft_timeout`](Policy::soft_timeout), if any.
+    pub fn soft_timeout_limit(&self) -> Option<Duration> {
+        self.soft_timeout
     }
 
     /// The name statistics are kept under (`prefix:name` for `#[cached]` functions).

@@ -136,6 +136,14 @@ pub(crate) trait Backend: Send + Sync {
     /// invalidation of the tag left when it was cut short; returns how many
     /// entries existed.
     fn invalidate_tag(&self, tag_key: &str) -> impl Future<Output = Result<u64>> + Send;
+    /// Makes `entry` stale at once (soft invalidation: its value stays, served
+    /// within its `stale` window while one caller refreshes it) and revokes a
+    /// computation of it in flight; `true` if the entry existed.
+    fn expire_entry(&self, entry: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// [`expire_entry`](Backend::expire_entry) for every entry recorded in the
+    /// tag set (which keeps them: they still carry the tag); returns how many
+    /// existed.
+    fn expire_tag(&self, tag_key: &str) -> impl Future<Output = Result<u64>> + Send;
     /// Removes every entry whose full key matches the glob, and revokes the leases
     /// of matching entries being computed; returns how many entries existed.
     fn invalidate_pattern(&self, pattern: &str) -> impl Future<Output = Result<u64>> + Send;
@@ -221,6 +229,14 @@ impl Backend for Store {
 
     async fn invalidate_tag(&self, tag_key: &str) -> Result<u64> {
         dispatch!(self, store => store.invalidate_tag(tag_key).await)
+    }
+
+    async fn expire_entry(&self, entry: &str) -> Result<bool> {
+        dispatch!(self, store => store.expire_entry(entry).await)
+    }
+
+    async fn expire_tag(&self, tag_key: &str) -> Result<u64> {
+        dispatch!(self, store => store.expire_tag(tag_key).await)
     }
 
     async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {

@@ -64,6 +64,14 @@ impl Backend for OffStore {
         Ok(0)
     }
 
+    async fn expire_entry(&self, _: &str) -> Result<bool> {
+        Ok(false)
+    }
+
+    async fn expire_tag(&self, _: &str) -> Result<u64> {
+        Ok(0)
+    }
+
     async fn invalidate_pattern(&self, _: &str) -> Result<u64> {
         Ok(0)
     }

@@ -89,6 +89,24 @@ pub async fn invalidate_pattern(pattern: &str) -> Result<u64> {
     Cache::global().invalidate_pattern(pattern).await
 }
 
+/// [`Cache::expire_key`] on the [global](Cache::global) cache.
+///
+/// # Errors
+///
+/// As [`Cache::expire_key`].
+pub async fn expire_key(key: impl Into<Key>) -> Result<bool> {
+    Cache::global().expire_key(key).await
+}
+
+/// [`Cache::expire_tag`] on the [global](Cache::global) cache.
+///
+/// # Errors
+///
+/// As [`Cache::expire_tag`].
+pub async fn expire_tag(tag: &str) -> Result<u64> {
+    Cache::global().expire_tag(tag).await
+}
+
 /// [`Cache::stats`] of the [global](Cache::global) cache.
 pub fn stats() -> crate::Stats {
     Cache::global().stats()

@@ -41,6 +41,8 @@ macro_rules! call_span {
     };
 }
 
+mod detached;
+
 /// A handle to one cache: its settings, its store (Redis, memory or off) and its
 /// counters. Cloning is cheap (one `Arc`); clones share everything.
 ///
@@ -368,11 +370,15 @@ impl Cache {
             Err(()) => Self::uncached(&probe, compute).instrument(span.clone()).await,
         };
         span.record("outcome", probe.outcome());
-        let status = match &**self.store() {
+        (outcome, self.status_of(&probe))
+    }
+
+    /// How a call was answered, from what its probe recorded.
+    fn status_of(&self, probe: &Probe<'_>) -> crate::CacheStatus {
+        match &**self.store() {
             Store::Off(_) => crate::CacheStatus::Bypassed,
             _ => probe.status(),
-        };
-        (outcome, status)
+        }
     }
 
     /// Runs `compute` now and overwrites the entry with its result (when
@@ -544,6 +550,75 @@ impl Cache {
         Ok(removed)
     }
 
+    /// Soft invalidation: makes the entry at `key` stale at once instead of
+    /// removing it, and revokes any computation of it in flight (its store is
+    /// refused). Within its [`stale`](Policy::stale) window callers keep being
+    /// served the old value while one of them refreshes it — for heavy reports
+    /// where a minute-old answer beats a stampede. Without a stale window the
+    /// next call computes, as after [`invalidate_key`](Cache::invalidate_key).
+    /// `true` if an entry existed.
+    ///
+    /// ```
+    /// # async fn demo() {
+    /// use std::time::Duration;
+    /// use aside::{Cache, CacheStatus, Plain, Policy};
+    ///
+    /// let cache = Cache::builder().memory().build().await.unwrap();
+    /// let policy = Policy::new(Duration::from_secs(300)).stale(Duration::from_secs(60));
+    /// let call = |n: u32| cache.get_or_compute_with_status("report", &policy, move || async move { Plain(n) });
+    /// assert_eq!(call(1).await, (Plain(1), CacheStatus::Miss));
+    /// assert!(cache.expire_key("report").await.unwrap());
+    /// // Stale now: this caller refreshes it (detached calls serve the old value at once).
+    /// assert_eq!(call(2).await, (Plain(2), CacheStatus::Miss));
+    /// assert_eq!(call(3).await, (Plain(2), CacheStatus::Hit));
+    /// # }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Backend failures and timeouts, and [`Error::Key`].
+    pub async fn expire_key(&self, key: impl Into<Key>) -> Result<bool> {
+        let key = key.into();
+        let full = self.full_key(&key)?;
+        let expired = self.store().expire_entry(&full).await?;
+        self.announce(InvalidationKind::ExpiredKey, full, u64::from(expired));
+        Ok(expired)
+    }
+
+    /// Soft invalidation of every entry tagged `tag`, as
+    /// [`expire_key`](Cache::expire_key) does for one: they turn stale (and keep
+    /// their tags); computations of them in flight store nothing. Returns how
+    /// many entries existed. A hard [`invalidate_tag`](Cache::invalidate_tag)
+    /// still removes them.
+    ///
+    /// ```
+    /// # async fn demo() -> aside::Result<()> {
+    /// use std::time::Duration;
+    /// use aside::{Cache, Plain, Policy};
+    /// let cache = Cache::builder().memory().build().await?;
+    /// let orders = Policy::new(Duration::from_secs(300)).stale(Duration::from_secs(60)).tags(["orders"]);
+    /// for month in 1..=3 {
+    ///     let Plain(_) = cache.get_or_compute(format!("revenue:{month}"), &orders, || async move { Plain(month) }).await;
+    /// }
+    /// assert_eq!(cache.expire_tag("orders").await?, 3);
+    /// assert!(cache.exists("revenue:1").await?); // still there, stale
+    /// assert_eq!(cache.invalidate_tag("orders").await?, 3);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`invalidate_tag`](Cache::invalidate_tag).
+    pub async fn expire_tag(&self, tag: &str) -> Result<u64> {
+        crate::key::check_braces("the tag", tag).map_err(Error::Key)?;
+        let tag_key = tags::tag_key(&self.settings().namespace, tag);
+        let expired = self.store().expire_tag(&tag_key).await?;
+        self.announce(InvalidationKind::ExpiredTag, tag.to_owned(), expired);
+        Ok(expired)
+    }
+
     /// Subscribes to this cache's invalidation events (from this process).
     ///
     /// ```
@@ -603,7 +678,7 @@ impl Cache {
         self.inner.stats.invalidated(removed);
         // A key can hold a secret; tags and patterns are the application's own words.
         match kind {
-            InvalidationKind::Key => {
+            InvalidationKind::Key | InvalidationKind::ExpiredKey => {
                 tracing::debug!(target: "aside", kind = ?kind, target = %Redacted(&target), removed, "invalidated")
             }
             _ => tracing::debug!(target: "aside", kind = ?kind, target = %target, removed, "invalidated"),

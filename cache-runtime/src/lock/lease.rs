@@ -240,6 +240,17 @@ impl<'a> Held<'a> {
         Ok(stored)
     }
 
+    /// Keeps the lease for `period` from now (a refresh that failed backs off)
+    /// and lets it expire then, instead of freeing it.
+    pub(crate) async fn back_off(self, period: Duration) {
+        let lease = self.lease;
+        if let Err(error) = lease.store.renew_lease(lease.entry, &self.token, period).await {
+            tracing::debug!(target: "aside", entry = %Redacted(lease.entry), %error,
+                "lease back-off failed; it expires on its own");
+        }
+        self.disarm();
+    }
+
     /// Frees the lease now and wakes the entry's waiters.
     pub(crate) async fn release(self) {
         let lease = self.lease;

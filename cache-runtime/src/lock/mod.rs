@@ -48,6 +48,11 @@ use std::time::Duration;
 /// How often a waiter re-checks the store when no announcement arrives.
 pub(crate) const FALLBACK_RECHECK: Duration = Duration::from_millis(500);
 
+/// How long a refresh of a stale entry that failed keeps the lease, so the
+/// callers that follow take the stale value at once instead of each trying
+/// again and paying the failure's latency.
+pub(crate) const REFRESH_BACKOFF: Duration = Duration::from_secs(1);
+
 /// A wait for another caller ran out (`wait`).
 #[derive(Debug)]
 pub(crate) struct WaitTimeout;

@@ -220,6 +220,27 @@ impl MemoryStore {
         lock(&self.tags[index])
     }
 
+    /// Makes `entry` stale (see [`Backend::expire_entry`]) and revokes its lease.
+    fn expire_now(&self, entry: &str) -> bool {
+        let mut leases = lock(&self.leases);
+        leases.remove(entry);
+        let Some(slot) = self.live(entry) else {
+            return false;
+        };
+        match crate::entry::expired(&slot.value) {
+            Some(stale) => self.entries.insert(
+                entry.to_owned(),
+                Slot {
+                    value: Bytes::from(stale),
+                    expires_at: slot.expires_at,
+                },
+            ),
+            // Not an entry of a cached function: nothing to serve stale.
+            None => self.entries.invalidate(entry),
+        }
+        true
+    }
+
     fn remove_entry_and_lease(&self, entry: &str) -> bool {
         let mut leases = lock(&self.leases);
         leases.remove(entry);
@@ -359,6 +380,23 @@ impl Backend for MemoryStore {
             .keys()
             .map(|entry| u64::from(self.remove_entry_and_lease(entry)))
             .sum())
+    }
+
+    async fn expire_entry(&self, entry: &str) -> Result<bool> {
+        Ok(self.expire_now(entry))
+    }
+
+    async fn expire_tag(&self, tag_key: &str) -> Result<u64> {
+        let members: Vec<Arc<str>> = {
+            let mut shard = self.tag_shard(tag_key);
+            shard.sweep(Instant::now());
+            shard
+                .sets
+                .get(tag_key)
+                .map(|set| set.members.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        Ok(members.iter().map(|entry| u64::from(self.expire_now(entry))).sum())
     }
 
     async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {

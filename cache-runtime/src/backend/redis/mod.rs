@@ -524,18 +524,7 @@ impl RedisStore {
     /// from the detached set too when given with the tag's pending list (single
     /// node: they share a slot); returns how many entries existed.
     async fn remove_batches(&self, groups: Vec<Vec<String>>, detached: Option<(&str, &str)>) -> Result<u64> {
-        let chunks = groups
-            .into_iter()
-            .flat_map(|group| {
-                let mut chunks = Vec::new();
-                let mut group = group.into_iter().peekable();
-                while group.peek().is_some() {
-                    chunks.push(group.by_ref().take(ENTRIES_PER_SCRIPT).collect::<Vec<_>>());
-                }
-                chunks
-            })
-            .collect::<Vec<_>>();
-        stream::iter(chunks)
+        stream::iter(chunked(groups, ENTRIES_PER_SCRIPT))
             .map(|entries| async move {
                 let leases: Vec<String> = entries.iter().map(|entry| lease_key(entry)).collect();
                 let (entries, leases) = (&entries, &leases);
@@ -566,23 +555,37 @@ impl RedisStore {
             .await
     }
 
+    /// Makes entries stale at once and revokes their leases with
+    /// [`scripts::EXPIRE_BATCH`], grouped by hash slot, at most
+    /// [`ENTRIES_PER_SCRIPT`] a script, several in flight; returns how many existed.
+    async fn expire_entries(&self, entries: Vec<String>) -> Result<u64> {
+        let groups = self.by_slot(entries).await?;
+        stream::iter(chunked(groups, ENTRIES_PER_SCRIPT))
+            .map(|entries| async move {
+                let leases: Vec<String> = entries.iter().map(|entry| lease_key(entry)).collect();
+                let (entries, leases) = (&entries, &leases);
+                self.call("expire batch", |mut conn| async move {
+                    let mut invocation = scripts::EXPIRE_BATCH.prepare_invoke();
+                    invocation
+                        .key(entries)
+                        .key(leases)
+                        .arg(entries.len())
+                        .arg(crate::entry::MAGIC)
+                        .arg(crate::entry::STAMP_AT);
+                    invocation.invoke_async::<u64>(&mut conn).await
+                })
+                .await
+            })
+            .buffer_unordered(INVALIDATION_CONCURRENCY)
+            .fold(Ok(0), sum_removed)
+            .await
+    }
+
     /// Deletes entries (not their leases) with plain `DEL`s of at most 1,000
     /// keys sharing a hash slot, several in flight; returns how many existed.
     async fn delete_entries(&self, entries: Vec<String>) -> Result<u64> {
-        let chunks: Vec<Vec<String>> = self
-            .by_slot(entries)
-            .await?
-            .into_iter()
-            .flat_map(|group| {
-                let mut chunks = Vec::new();
-                let mut group = group.into_iter().peekable();
-                while group.peek().is_some() {
-                    chunks.push(group.by_ref().take(2 * ENTRIES_PER_SCRIPT).collect::<Vec<_>>());
-                }
-                chunks
-            })
-            .collect();
-        stream::iter(chunks)
+        let groups = self.by_slot(entries).await?;
+        stream::iter(chunked(groups, 2 * ENTRIES_PER_SCRIPT))
             .map(|keys| async move {
                 let mut delete = redis::cmd("DEL");
                 delete.arg(&keys);
@@ -643,6 +646,21 @@ impl RedisStore {
             .await?;
         Ok(())
     }
+}
+
+/// Each group cut into chunks of at most `size`.
+fn chunked(groups: Vec<Vec<String>>, size: usize) -> Vec<Vec<String>> {
+    groups
+        .into_iter()
+        .flat_map(|group| {
+            let mut chunks = Vec::new();
+            let mut group = group.into_iter().peekable();
+            while group.peek().is_some() {
+                chunks.push(group.by_ref().take(size).collect::<Vec<_>>());
+            }
+            chunks
+        })
+        .collect()
 }
 
 /// A batch handler for [`RedisStore::scan_each`].
@@ -867,6 +885,30 @@ impl Backend for RedisStore {
 
     async fn invalidate_tag(&self, tag_key: &str) -> Result<u64> {
         self.delivering(|| self.invalidate_tag_once(tag_key)).await
+    }
+
+    async fn expire_entry(&self, entry: &str) -> Result<bool> {
+        Ok(self.expire_entries(vec![entry.to_owned()]).await? == 1)
+    }
+
+    async fn expire_tag(&self, tag_key: &str) -> Result<u64> {
+        // The members stay in the set (their entries still carry the tag); it is
+        // read a page at a time, each page expired before the next is read.
+        let mut expired = 0;
+        let mut from = 0;
+        loop {
+            let mut read = redis::cmd("ZRANGE");
+            read.arg(tag_key).arg(from).arg(from + TAG_BATCH - 1);
+            let members: Vec<String> = self.run("ZRANGE", &read).await?;
+            let last = members.len() < TAG_BATCH;
+            if !members.is_empty() {
+                expired += self.expire_entries(members).await?;
+            }
+            if last {
+                return Ok(expired);
+            }
+            from += TAG_BATCH;
+        }
     }
 
     async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {

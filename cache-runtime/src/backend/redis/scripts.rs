@@ -159,6 +159,37 @@ return removed
     )
 });
 
+/// KEYS: `n` entries, their `n` leases in the same order. ARGV: `n`, the
+/// entries' magic byte, the offset of their fresh-until stamp.
+/// Soft invalidation: zeroes each entry's fresh-until stamp, so it is stale at
+/// once (value and TTL kept: served within its `stale` window while one caller
+/// refreshes it); a key that is not an entry is deleted. Revokes the leases
+/// (computations in flight store nothing). Returns how many entries existed.
+pub(crate) static EXPIRE_BATCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local n = tonumber(ARGV[1])
+local magic = tonumber(ARGV[2])
+local at = tonumber(ARGV[3])
+local zeros = string.rep('\0', 8)
+local found = 0
+for i = 1, n do
+  local head = redis.call('GETRANGE', KEYS[i], 0, 0)
+  if head ~= '' then
+    found = found + 1
+    if string.byte(head) == magic then
+      redis.call('SETRANGE', KEYS[i], at, zeros)
+    else
+      redis.call('DEL', KEYS[i])
+    end
+  end
+end
+redis.call('DEL', unpack(KEYS, n + 1, 2 * n))
+return found
+",
+    )
+});
+
 /// KEYS: tag set. ARGV: entry, member lifetime ms, ceiling ms.
 /// Records the entry in the set (see [`RECORD`]).
 pub(crate) static REGISTER: LazyLock<Script> = LazyLock::new(|| {

@@ -13,7 +13,7 @@ use syn::ext::IdentExt as _;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned as _;
-use syn::{Expr, Ident, LitBool, LitInt, LitStr, Member, Path, Token};
+use syn::{Expr, Ident, LitBool, LitFloat, LitInt, LitStr, Member, Path, Token};
 
 mod kw {
     syn::custom_keyword!(ttl);
@@ -31,11 +31,14 @@ mod kw {
     syn::custom_keyword!(unless);
     syn::custom_keyword!(ttl_from);
     syn::custom_keyword!(jitter);
+    syn::custom_keyword!(refresh_ahead);
+    syn::custom_keyword!(soft_timeout);
 }
 
 /// The arguments `#[cached]` accepts, in the order the docs list them.
 const KNOWN: &str = "`ttl`, `prefix`, `name`, `version`, `tags`, `skip`, `key`, `stale`, \
-                     `lock_ttl`, `wait`, `cache_none`, `unless`, `ttl_from`, `jitter`, `cache`, `crate`";
+                     `lock_ttl`, `wait`, `cache_none`, `refresh_ahead`, `soft_timeout`, `unless`, `ttl_from`, \
+                     `jitter`, `cache`, `crate`";
 
 /// One argument: the span of its keyword and its value.
 pub(crate) struct Arg<V> {
@@ -63,6 +66,8 @@ pub(crate) struct Args {
     pub(crate) unless: Option<Arg<Expr>>,
     pub(crate) ttl_from: Option<Arg<Expr>>,
     pub(crate) jitter: Option<Arg<LitStr>>,
+    pub(crate) refresh_ahead: Option<Arg<LitFloat>>,
+    pub(crate) soft_timeout: Option<Arg<DurationLit>>,
     pub(crate) cache: Option<Arg<Expr>>,
     pub(crate) krate: Option<Arg<Path>>,
     /// Mistakes found while parsing (unknown, repeated or malformed arguments).
@@ -148,6 +153,12 @@ impl Args {
         } else if lookahead.peek(kw::jitter) {
             let arg = input.parse::<KwValue<kw::jitter, LitStr>>()?;
             self.set(|a| &mut a.jitter, "jitter", arg.into());
+        } else if lookahead.peek(kw::refresh_ahead) {
+            let arg = input.parse::<KwValue<kw::refresh_ahead, LitFloat>>()?;
+            self.set(|a| &mut a.refresh_ahead, "refresh_ahead", arg.into());
+        } else if lookahead.peek(kw::soft_timeout) {
+            let arg = input.parse::<KwValue<kw::soft_timeout, DurationLit>>()?;
+            self.set(|a| &mut a.soft_timeout, "soft_timeout", arg.into());
         } else if lookahead.peek(kw::cache) {
             let arg = input.parse::<KwValue<kw::cache, Expr>>()?;
             self.set(|a| &mut a.cache, "cache", arg.into());

@@ -13,8 +13,8 @@ use quote::{quote, ToTokens};
 use syn::ext::IdentExt as _;
 use syn::spanned::Spanned as _;
 use syn::{
-    Expr, FnArg, GenericArgument, GenericParam, Ident, LitBool, LitInt, LitStr, Pat, PathArguments, ReturnType,
-    Signature, Type,
+    Expr, FnArg, GenericArgument, GenericParam, Ident, LitBool, LitFloat, LitInt, LitStr, Pat, PathArguments,
+    ReturnType, Signature, Type,
 };
 
 use crate::attr::{Arg, Args, DurationLit, Segment, Template};
@@ -120,6 +120,12 @@ pub(crate) struct Plan {
     pub(crate) ttl_from: Option<syn::ExprPath>,
     /// `jitter = "10%"`, as a fraction of the TTL.
     pub(crate) jitter: Option<f64>,
+    /// `refresh_ahead = 0.8`: the share of the fresh life after which a hit refreshes.
+    pub(crate) refresh_ahead: Option<f64>,
+    pub(crate) soft_timeout: Option<Duration>,
+    /// The body may run in a task of its own (`refresh_ahead`, `soft_timeout`):
+    /// the call goes through `get_or_compute_detached`.
+    pub(crate) detached: bool,
     pub(crate) prefix: String,
     /// The key's name segment.
     pub(crate) name: Name,
@@ -161,6 +167,21 @@ pub(crate) fn check(cx: &Ctxt, mut args: Args, func: &MaybeItemFn) -> Plan {
         .jitter
         .as_ref()
         .and_then(|arg| jitter_is_a_share_of_the_ttl(cx, &arg.value));
+    let refresh_ahead = args
+        .refresh_ahead
+        .as_ref()
+        .and_then(|arg| refresh_ahead_is_a_fraction(cx, &arg.value));
+    let soft_timeout = duration_in_range(cx, "soft_timeout", args.soft_timeout.as_ref(), Duration::ZERO);
+    soft_timeout_needs_stale(cx, args.soft_timeout.as_ref(), args.stale.as_ref());
+    let detached = args.refresh_ahead.is_some() || args.soft_timeout.is_some();
+    if detached {
+        let what = if args.refresh_ahead.is_some() {
+            "refresh_ahead"
+        } else {
+            "soft_timeout"
+        };
+        detached_body_borrows_nothing(cx, what, func);
+    }
 
     let prefix = match &args.prefix {
         Some(arg) => is_key_segment(cx, "prefix", &arg.value),
@@ -220,6 +241,9 @@ pub(crate) fn check(cx: &Ctxt, mut args: Args, func: &MaybeItemFn) -> Plan {
         unless,
         ttl_from,
         jitter,
+        refresh_ahead,
+        soft_timeout,
+        detached,
         prefix,
         name,
         version,
@@ -468,6 +492,85 @@ fn jitter_is_a_share_of_the_ttl(cx: &Ctxt, lit: &LitStr) -> Option<f64> {
             );
             None
         }
+    }
+}
+
+/// `refresh_ahead` is a share of the fresh life strictly between 0 and 1.
+fn refresh_ahead_is_a_fraction(cx: &Ctxt, lit: &LitFloat) -> Option<f64> {
+    match lit.base10_parse::<f64>() {
+        Ok(fraction) if fraction > 0.0 && fraction < 1.0 && lit.suffix().is_empty() => Some(fraction),
+        _ => {
+            cx.error(
+                lit.span(),
+                format!(
+                    "`refresh_ahead` is the share of the fresh life after which a hit refreshes the entry, \
+                     strictly between 0 and 1 (such as `0.8`); `{lit}` is not one"
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `soft_timeout` needs a `stale` window: it bounds a wait only when a stale value is at hand.
+fn soft_timeout_needs_stale(cx: &Ctxt, soft_timeout: Option<&Arg<DurationLit>>, stale: Option<&Arg<DurationLit>>) {
+    if let (Some(soft_timeout), None) = (soft_timeout, stale) {
+        cx.error(
+            soft_timeout.span,
+            "`soft_timeout` serves the stale value when the computation is slow, so it needs one: \
+             add `stale = \"...\"` (how long after `ttl` an old value may be served)",
+        );
+    }
+}
+
+/// With `refresh_ahead` or `soft_timeout` the body may finish in a task of its
+/// own, after the call returned: it cannot borrow an argument (or `self`).
+fn detached_body_borrows_nothing(cx: &Ctxt, what: &str, func: &MaybeItemFn) {
+    let mut used = BTreeSet::new();
+    generics::variables(func.body.clone(), &mut used);
+    let fn_name = &func.sig.ident;
+    for input in &func.sig.inputs {
+        let (name, span, borrows) = match input {
+            FnArg::Receiver(receiver) => (
+                "self".to_owned(),
+                receiver.self_token.span,
+                receiver.reference.is_some(),
+            ),
+            FnArg::Typed(typed) => {
+                // Other patterns are reported by `arguments_are_named`.
+                let Pat::Ident(pat) = &*typed.pat else {
+                    continue;
+                };
+                (pat.ident.unraw().to_string(), pat.ident.span(), borrows(&typed.ty))
+            }
+        };
+        if borrows && used.contains(&name) {
+            cx.error(
+                span,
+                format!(
+                    "`{what}` lets `{fn_name}` finish in the background, after its caller returned, \
+                     so its body cannot borrow `{name}`: take it by value (an `Arc`, or a pool or client \
+                     that is cheap to clone), or drop `{what}`"
+                ),
+            );
+        }
+    }
+}
+
+/// Whether a type borrows: a reference, or a lifetime anywhere in it.
+fn borrows(ty: &Type) -> bool {
+    let mut names = BTreeSet::new();
+    generics::idents(ty.to_token_stream(), &mut names);
+    names.iter().any(|name| name.starts_with('\''))
+        || ty.to_token_stream().into_iter().any(|token| is_ampersand(&token))
+}
+
+/// `&` at any depth of a token.
+fn is_ampersand(token: &proc_macro2::TokenTree) -> bool {
+    match token {
+        proc_macro2::TokenTree::Punct(punct) => punct.as_char() == '&',
+        proc_macro2::TokenTree::Group(group) => group.stream().into_iter().any(|t| is_ampersand(&t)),
+        _ => false,
     }
 }
 

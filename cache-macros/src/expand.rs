@@ -102,7 +102,7 @@ impl Plan {
         }
     }
 
-    /// `_invalidate`, `_refresh`, `_key` and `_with_status`.
+    /// `_invalidate`, `_expire`, `_refresh`, `_key` and `_with_status`.
     fn companions(&self, func: &MaybeItemFn, bodies: Bodies) -> TokenStream {
         let MaybeItemFn {
             outer_attrs,
@@ -168,6 +168,34 @@ impl Plan {
                 -> ::core::result::Result<bool, #private::Error> #where_clause
             {
                 #invalidate_body
+            }
+        };
+
+        let expire_body = stub(quote! {
+            #binding
+            __aside_cache.expire_key(#key).await
+        });
+        let expire = format_ident!("{}_expire", fn_name, span = fn_name.span());
+        let expire_doc = [
+            format!(
+                " Soft invalidation of the entry of [`{link}`] for these arguments: it turns stale, \
+                 and within its `stale` window callers keep being served the old value while one \
+                 refreshes it. `true` if there was one."
+            ),
+            String::new(),
+            " # Errors".to_owned(),
+            String::new(),
+            " When the cache's backend fails or times out, or the key cannot be built.".to_owned(),
+        ];
+        let expire_doc = doc(&expire_doc, fn_name.span());
+        let expire = quote! {
+            #expire_doc
+            #(#inherited)*
+            #lints
+            #vis async fn #expire #impl_generics (#(#inputs),*)
+                -> ::core::result::Result<bool, #private::Error> #where_clause
+            {
+                #expire_body
             }
         };
 
@@ -239,7 +267,7 @@ impl Plan {
             #vis #status_sig #status_body
         };
 
-        quote!(#invalidate #refresh #key_fn #with_status)
+        quote!(#invalidate #expire #refresh #key_fn #with_status)
     }
 
     /// The body of the function (`method` = `get_or_compute`), of `_refresh`
@@ -289,11 +317,18 @@ impl Plan {
             Kind::Result | Kind::Option => (quote_spanned!(span=> move || #body), quote!()),
         };
         let (compute, unwrap) = self.adaptive(compute, unwrap);
+        let with_status = method == "get_or_compute_with_status";
+        // A body that may finish in the background is handed over whole.
+        let method = match method {
+            "get_or_compute" if self.detached => "get_or_compute_detached",
+            "get_or_compute_with_status" if self.detached => "get_or_compute_detached_with_status",
+            method => method,
+        };
         let method = Ident::new(method, self.value_span);
         let private_at_value = respan(self.private.clone(), self.value_span);
         // The call is spanned at the stored type, so that "not Serialize/DeserializeOwned"
         // points there (and only there).
-        let call = if method == "get_or_compute_with_status" {
+        let call = if with_status {
             quote_spanned! {self.value_span=>
                 let (__aside_output, __aside_status) = __aside_cache
                     .#method(__aside_key, &__aside_policy, #private_at_value::compute(#compute)).await;
@@ -436,6 +471,14 @@ impl Plan {
         if let Some(jitter) = self.jitter {
             let jitter = Literal::f64_suffixed(jitter);
             policy.extend(quote!(.jitter(#jitter)));
+        }
+        if let Some(fraction) = self.refresh_ahead {
+            let fraction = Literal::f64_suffixed(fraction);
+            policy.extend(quote!(.refresh_ahead(#fraction)));
+        }
+        if let Some(soft_timeout) = self.soft_timeout {
+            let soft_timeout = self.duration(soft_timeout);
+            policy.extend(quote!(.soft_timeout(#soft_timeout)));
         }
         let function = self.function_expr();
         policy.extend(quote!(.function(#function)));

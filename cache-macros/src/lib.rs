@@ -62,18 +62,19 @@ use proc_macro::TokenStream;
 /// `return` and `?` in the body are the body's own, exactly as before.
 ///
 /// Beside it, with the same visibility and `#[cfg]`s (and inside the `impl` block
-/// for methods), four companions:
+/// for methods), five companions:
 ///
 /// | companion | does |
 /// | --- | --- |
 /// | `<fn>_invalidate(key args) -> Result<bool, aside::Error>` | deletes the entry; `true` if one existed |
+/// | `<fn>_expire(key args) -> Result<bool, aside::Error>` | soft invalidation: the entry turns stale, served within `stale` while one caller refreshes it; `true` if one existed |
 /// | `<fn>_refresh(all args) -> <fn's return type>` | runs the body now and overwrites the entry (warm-up, write-through) |
 /// | `<fn>_key(key args) -> String` | the full key, for logs and debugging |
 /// | `<fn>_with_status(all args) -> (<fn's return type>, aside::CacheStatus)` | the call, and how it was answered: `Hit`, `Stale`, `Miss`, `Coalesced` or `Bypassed` |
 ///
 /// "Key args" are the arguments not in [`skip`](#skip), in order — plus those the
 /// [`cache`](#cache) expression needs: `&self` for `cache = self.cache`, or a skipped
-/// argument it names. `_invalidate` and `_refresh` are `async`; `_key` is not, and
+/// argument it names. `_invalidate`, `_expire` and `_refresh` are `async`; `_key` is not, and
 /// gives `<no key: reason>` when an argument cannot be rendered (for instance a map
 /// with non-string keys in a `key = "..."` template). Unused companions are not
 /// reported as dead code; an unused cached function still is.
@@ -531,6 +532,44 @@ use proc_macro::TokenStream;
 /// # Ok(()) }
 /// ```
 ///
+/// # `refresh_ahead` and `soft_timeout`
+///
+/// - `refresh_ahead = 0.8`: a hit in the last 20 % of its entry's fresh life
+///   returns the value at once and starts one background refresh of it,
+///   cluster-wide (under the entry's lease), so a key that keeps being read
+///   never goes cold. The refresh checks the store before computing, and an
+///   invalidation during it refuses its store. A fraction strictly between 0 and 1.
+/// - `soft_timeout = "200ms"` (with `stale`): the caller that refreshes a stale
+///   entry waits this long for the new value, then takes the stale one; the
+///   computation finishes and stores in the background. `"0s"`: it takes the
+///   stale value at once, like every other caller.
+///
+/// With either, every caller of a stale entry is served the old value at once
+/// while the refresh runs in a task of its own, and a refresh that fails backs
+/// off for a second (the callers in between get the old value) instead of each
+/// caller trying again. Since the body may then finish after its caller
+/// returned, it cannot borrow an argument or `self` (a compile error says
+/// which): take pools and clients by value — they are cheap to clone.
+///
+/// ```
+/// use aside::cached;
+///
+/// #[derive(Clone)]
+/// pub struct Pool; // an `Arc` inside, like sqlx's pools
+/// # impl Pool { async fn headline(&self, region: &str) -> String { format!("news for {region}") } }
+///
+/// #[cached(ttl = "1m", stale = "10m", refresh_ahead = 0.8, soft_timeout = "200ms", skip(pool))]
+/// async fn headline(pool: Pool, region: String) -> String {
+///     pool.headline(&region).await
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), aside::Error> {
+/// assert_eq!(headline(Pool, "eu".to_owned()).await, "news for eu");
+/// assert!(headline_expire("eu".to_owned()).await?); // stale now: refreshed on the next call
+/// assert_eq!(headline(Pool, "eu".to_owned()).await, "news for eu"); // the old value, at once
+/// # Ok(()) }
+/// ```
+///
 /// # `cache`
 ///
 /// Which cache to use: an expression giving something that dereferences to an
@@ -586,7 +625,8 @@ use proc_macro::TokenStream;
 /// no argument; a `key` using a skipped argument or missing a key argument; two
 /// placeholders without a separator; an unskipped `self` or destructuring pattern;
 /// `cache_none` without `Option`; a `jitter` that is not a percentage from 0% to
-/// 50%; an `unless` or `ttl_from` that is not a
+/// 50%; a `refresh_ahead` not strictly between 0 and 1; a `soft_timeout` without
+/// `stale`; with either of those, a body that borrows an argument; an `unless` or `ttl_from` that is not a
 /// function's path (or a function of the wrong type, reported at the path); a key argument that is not `Serialize` (the
 /// error names the type and says to derive `Serialize` or `skip` the argument), or a
 /// stored type that is not `Serialize + DeserializeOwned`.

@@ -53,6 +53,11 @@ async fn nickname(id: u64) -> Option<String> {
     (id != 0).then(|| if id == 1 { String::new() } else { id.to_string() })
 }
 
+#[cached(ttl = 60, stale = "5m", refresh_ahead = 0.8, soft_timeout = "200ms", jitter = "10%", cache = CACHE)]
+async fn headline(region: String) -> String {
+    format!("news for {region}")
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let filter = || Filter {
@@ -71,5 +76,9 @@ async fn main() {
     assert_eq!(nickname(1).await.as_deref(), Some(""));
     assert!(!nickname_invalidate(1).await.unwrap(), "a blank nickname is not stored");
     assert_eq!(nickname(2).await.as_deref(), Some("2"));
+
+    assert_eq!(headline("eu".to_owned()).await, "news for eu");
+    assert!(headline_expire("eu".to_owned()).await.unwrap(), "the entry turns stale");
+    assert!(CACHE.exists(headline_key("eu".to_owned()).trim_start_matches("app:")).await.unwrap());
     assert!(CACHE.ttl(nickname_key(2).trim_start_matches("app:")).await.unwrap().unwrap().as_secs() > 3500);
 }

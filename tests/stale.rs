@@ -193,13 +193,24 @@ async fn a_failing_refresh_keeps_serving_the_old_value(fx: Fixture) {
         "written with {written:?}, {left:?} left"
     );
 
-    // Later calls in the window keep getting v1 (each tries the refresh again).
+    // Later calls in the window keep getting v1; within the back-off after a
+    // failed refresh they do not try again (issue 14: a failing refresh backs
+    // off instead of every next caller paying the failure's latency).
     for call in 0..3 {
         let later: Result<String, String> = cache.get_or_compute(KEY, &policy, compute).await;
         assert_eq!(later.as_deref(), Ok("v1"), "later call {call}");
     }
     let stats = cache.stats().function("stale:failing");
-    assert_eq!((stats.stale_hits, stats.computations), (4, 5), "{stats:?}");
+    assert_eq!((stats.stale_hits, stats.computations), (4, 2), "{stats:?}");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let after_backoff: Result<String, String> = cache.get_or_compute(KEY, &policy, compute).await;
+    assert_eq!(after_backoff.as_deref(), Ok("v1"));
+    let stats = cache.stats().function("stale:failing");
+    assert_eq!(
+        (stats.stale_hits, stats.computations),
+        (5, 3),
+        "after the back-off one caller tries again: {stats:?}"
+    );
     let still = remaining(&fx, &cache, KEY).await.expect("entry");
     assert!(still <= left, "not extended: {still:?} after {left:?}");
     println!(

@@ -4,7 +4,7 @@
 //! | variable | meaning | default |
 //! | --- | --- | --- |
 //! | `REDIS_URL` | `redis://`, `rediss://` (TLS), `redis+cluster://h1:p1,h2:p2` (`rediss+cluster://` for TLS) | unset: in-process memory backend |
-//! | `CACHE_BACKEND` | `redis`, `memory`, `off` | `redis` if `REDIS_URL`, else `memory` |
+//! | `CACHE_BACKEND` | `redis`, `tiered` (Redis with a coherent in-process first tier), `memory`, `off` | `redis` if `REDIS_URL`, else `memory` |
 //! | `CACHE_NAMESPACE` | first key segment: letters, digits, `-`, `_`, `.` | `aside` |
 //! | `CACHE_KEY_VERSION` | namespace-wide version, at least 1 | `1` |
 //! | `CACHE_MAX_TTL` | ceiling on every TTL written, at most 24 h | `24h` |
@@ -32,6 +32,9 @@ pub const TTL_CEILING: Duration = Duration::from_secs(24 * 60 * 60);
 pub enum BackendKind {
     /// Redis, single node or cluster.
     Redis(RedisTarget),
+    /// Redis with a bounded first tier in process memory, kept coherent across
+    /// processes (`CACHE_BACKEND=tiered`): a hit on a copy costs no round trip.
+    Tiered(RedisTarget),
     /// The in-process memory store (moka).
     Memory,
     /// No store: every call computes. For tests and emergencies.
@@ -248,18 +251,19 @@ impl Settings {
         let target = get("REDIS_URL").map(|url| RedisTarget::parse(&url)).transpose()?;
         settings.backend = match (get("CACHE_BACKEND").as_deref(), target) {
             (None | Some("redis"), Some(target)) => BackendKind::Redis(target),
+            (Some("tiered"), Some(target)) => BackendKind::Tiered(target),
             (None | Some("memory"), _) => BackendKind::Memory,
             (Some("off"), _) => BackendKind::Off,
-            (Some("redis"), None) => {
+            (Some(kind @ ("redis" | "tiered")), None) => {
                 return Err(Error::Config {
                     var: "CACHE_BACKEND",
-                    problem: "`redis` needs REDIS_URL to be set".into(),
+                    problem: format!("`{kind}` needs REDIS_URL to be set"),
                 })
             }
             (Some(other), _) => {
                 return Err(Error::Config {
                     var: "CACHE_BACKEND",
-                    problem: format!("unknown backend `{other}`: expected redis, memory or off"),
+                    problem: format!("unknown backend `{other}`: expected redis, tiered, memory or off"),
                 })
             }
         };

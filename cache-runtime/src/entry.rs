@@ -188,6 +188,17 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<E
     })
 }
 
+/// When the entry `bytes` stops being fresh (Unix milliseconds), read from its
+/// header alone; `None` when they are not an entry.
+pub(crate) fn fresh_until(bytes: &[u8]) -> Option<u64> {
+    if bytes.len() < HEADER || bytes[0] != MAGIC {
+        return None;
+    }
+    let mut stamp = [0u8; 8];
+    stamp.copy_from_slice(&bytes[STAMP_AT..HEADER]);
+    Some(u64::from_be_bytes(stamp))
+}
+
 /// The entry `bytes` made stale at once (its fresh-until stamp zeroed; value
 /// and format kept), or `None` when they are not an entry.
 pub(crate) fn expired(bytes: &[u8]) -> Option<Vec<u8>> {

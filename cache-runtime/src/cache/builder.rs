@@ -32,6 +32,8 @@ use crate::error::{Error, Result};
 pub struct CacheBuilder {
     settings: Settings,
     error: Option<Error>,
+    /// [`tiered`](CacheBuilder::tiered) was asked for.
+    tiered: bool,
 }
 
 impl CacheBuilder {
@@ -44,6 +46,7 @@ impl CacheBuilder {
         Ok(CacheBuilder {
             settings: Settings::from_env()?,
             error: None,
+            tiered: false,
         })
     }
 
@@ -60,6 +63,25 @@ impl CacheBuilder {
             self.settings.backend = BackendKind::Redis(target);
         });
         self.keep(parsed)
+    }
+
+    /// Puts a bounded first tier in process memory (sized by
+    /// [`memory_capacity`](CacheBuilder::memory_capacity)) in front of the Redis
+    /// given with [`redis_url`](CacheBuilder::redis_url), as `CACHE_BACKEND=tiered`
+    /// does: a hit on a copy costs no round trip, and every store or
+    /// invalidation made through aside, in any process, drops the copies of
+    /// what it changed. Without a Redis URL, [`build`](CacheBuilder::build) fails.
+    ///
+    /// ```
+    /// # async fn demo() {
+    /// let err = aside::Cache::builder().memory().tiered().build().await.unwrap_err();
+    /// assert!(err.to_string().contains("tiered"));
+    /// # }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo());
+    /// ```
+    pub fn tiered(mut self) -> Self {
+        self.tiered = true;
+        self
     }
 
     /// Use the in-process memory backend.
@@ -162,11 +184,22 @@ impl CacheBuilder {
     /// # Errors
     ///
     /// The first invalid value given to the builder.
-    pub fn settings(self) -> Result<Settings> {
-        match self.error {
-            Some(error) => Err(error),
-            None => Ok(self.settings),
+    pub fn settings(mut self) -> Result<Settings> {
+        if let Some(error) = self.error {
+            return Err(error);
         }
+        if self.tiered {
+            self.settings.backend = match self.settings.backend {
+                BackendKind::Redis(target) | BackendKind::Tiered(target) => BackendKind::Tiered(target),
+                _ => {
+                    return Err(Error::Config {
+                        var: "CACHE_BACKEND",
+                        problem: "`tiered` needs a Redis URL (`redis_url`)".into(),
+                    })
+                }
+            };
+        }
+        Ok(self.settings)
     }
 
     /// Builds the cache and connects now.

@@ -6,6 +6,7 @@
 //! caller's runtime.
 
 mod background;
+pub(crate) mod l1;
 mod notify;
 mod scripts;
 
@@ -26,6 +27,7 @@ use crate::breaker::{Breaker, BreakerState};
 use crate::config::{RedisTarget, Settings};
 use crate::error::{Error, Result};
 use crate::key::companion_key;
+use l1::L1;
 
 /// Invalidation scripts in flight at once.
 const INVALIDATION_CONCURRENCY: usize = 64;
@@ -154,8 +156,14 @@ pub(crate) struct RedisStore {
     /// see [`RedisStore::replace_wedged`].
     connection: std::sync::RwLock<Arc<OnceCell<Connection>>>,
     breaker: Breaker,
+    /// Where stores and invalidations are announced: waiters wake, tiered
+    /// stores drop their copies.
     channel: String,
     listener: notify::Listener,
+    /// The in-process first tier of a tiered store (`CACHE_BACKEND=tiered`).
+    l1: Option<Arc<L1>>,
+    /// Whether the listener was started for the first tier.
+    listening: std::sync::atomic::AtomicBool,
     /// Set once a store's announcement was refused (an ACL user without
     /// channel rights), so the warning is logged once.
     announce_refused: std::sync::atomic::AtomicBool,
@@ -174,16 +182,20 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// A store that connects on first use; the namespace names its announcement channel.
-    pub(crate) fn new(target: RedisTarget, settings: &Settings, waiters: Arc<dyn Wake>) -> RedisStore {
+    /// A store that connects on first use; the namespace names its announcement
+    /// channel. `tiered`: with a first tier in process memory (see [`l1`]).
+    pub(crate) fn new(target: RedisTarget, settings: &Settings, waiters: Arc<dyn Wake>, tiered: bool) -> RedisStore {
         let channel = format!("{}~stored", settings.namespace);
         let tls_ca = settings.tls_ca_pem.clone().map(Arc::new);
         let urls = match target.cluster_nodes() {
             Some(nodes) => nodes.to_vec(),
             None => vec![target.secret_url().to_owned()],
         };
-        let listener = notify::Listener::new(urls, tls_ca.clone(), channel.clone(), waiters);
+        let l1 = tiered.then(|| Arc::new(L1::new(settings.memory_capacity, format!("#{}", super::new_token()))));
+        let listener = notify::Listener::new(urls, tls_ca.clone(), channel.clone(), waiters, l1.clone());
         RedisStore {
+            l1,
+            listening: std::sync::atomic::AtomicBool::new(false),
             target,
             tls_ca,
             op_timeout: settings.op_timeout,
@@ -193,6 +205,21 @@ impl RedisStore {
             listener,
             announce_refused: std::sync::atomic::AtomicBool::new(false),
             background: background::Background::default(),
+        }
+    }
+
+    /// Drops this process's copy of `key` from the first tier, if any.
+    fn forget(&self, key: &str) {
+        if let Some(l1) = &self.l1 {
+            l1.evict(key);
+        }
+    }
+
+    /// Drops every copy of the first tier, if any (after a tag or pattern
+    /// invalidation, whose keys this process does not all know).
+    fn forget_all(&self) {
+        if let Some(l1) = &self.l1 {
+            l1.evict_all();
         }
     }
 
@@ -527,7 +554,7 @@ impl RedisStore {
         stream::iter(chunked(groups, ENTRIES_PER_SCRIPT))
             .map(|entries| async move {
                 let leases: Vec<String> = entries.iter().map(|entry| lease_key(entry)).collect();
-                let (entries, leases) = (&entries, &leases);
+                let (entries, leases, channel) = (&entries, &leases, &self.channel);
                 // Idempotent (deletes, and a removal from the detached set): one
                 // that timed out — its request lost while the cluster client
                 // follows a slot being moved — is sent again.
@@ -540,7 +567,7 @@ impl RedisStore {
                             if let Some((detached, pending)) = detached {
                                 invocation.key(detached).key(pending);
                             }
-                            invocation.arg(entries.len());
+                            invocation.arg(entries.len()).arg(channel);
                             invocation.invoke_async::<u64>(&mut conn).await
                         })
                         .await;
@@ -563,7 +590,7 @@ impl RedisStore {
         stream::iter(chunked(groups, ENTRIES_PER_SCRIPT))
             .map(|entries| async move {
                 let leases: Vec<String> = entries.iter().map(|entry| lease_key(entry)).collect();
-                let (entries, leases) = (&entries, &leases);
+                let (entries, leases, channel) = (&entries, &leases, &self.channel);
                 self.call("expire batch", |mut conn| async move {
                     let mut invocation = scripts::EXPIRE_BATCH.prepare_invoke();
                     invocation
@@ -571,7 +598,8 @@ impl RedisStore {
                         .key(leases)
                         .arg(entries.len())
                         .arg(crate::entry::MAGIC)
-                        .arg(crate::entry::STAMP_AT);
+                        .arg(crate::entry::STAMP_AT)
+                        .arg(channel);
                     invocation.invoke_async::<u64>(&mut conn).await
                 })
                 .await
@@ -587,9 +615,13 @@ impl RedisStore {
         let groups = self.by_slot(entries).await?;
         stream::iter(chunked(groups, 2 * ENTRIES_PER_SCRIPT))
             .map(|keys| async move {
-                let mut delete = redis::cmd("DEL");
-                delete.arg(&keys);
-                self.run::<u64>("DEL", &delete).await
+                let (keys, channel) = (&keys, &self.channel);
+                self.call("delete batch", |mut conn| async move {
+                    let mut invocation = scripts::DELETE_BATCH.prepare_invoke();
+                    invocation.key(keys).arg(channel);
+                    invocation.invoke_async::<u64>(&mut conn).await
+                })
+                .await
             })
             .buffer_unordered(INVALIDATION_CONCURRENCY)
             .fold(Ok(0), sum_removed)
@@ -732,16 +764,37 @@ fn lease_key(entry: &str) -> String {
 
 impl Backend for RedisStore {
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let Some(l1) = &self.l1 else {
+            let value: Option<Vec<u8>> = self.run("GET", redis::cmd("GET").arg(key)).await?;
+            return Ok(value.map(Bytes::from));
+        };
+        if let Some(copy) = l1.get(key) {
+            return Ok(Some(copy));
+        }
+        if !self.listening.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            // The tier serves nothing until its channel is confirmed.
+            self.listen(Duration::ZERO).await;
+        }
+        let generation = l1.generation(key);
         let value: Option<Vec<u8>> = self.run("GET", redis::cmd("GET").arg(key)).await?;
-        Ok(value.map(Bytes::from))
+        let value = value.map(Bytes::from);
+        if let Some(bytes) = &value {
+            l1.fill(key, bytes, generation);
+        }
+        Ok(value)
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
-        self.run(
-            "SET",
-            redis::cmd("SET").arg(key).arg(&value[..]).arg("PX").arg(millis(ttl)),
-        )
-        .await
+        let mut set = redis::cmd("EVAL");
+        set.arg(scripts::SET_ANNOUNCED)
+            .arg(1)
+            .arg(key)
+            .arg(&value[..])
+            .arg(millis(ttl))
+            .arg(&self.channel);
+        let set = self.run::<i64>("SET", &set).await;
+        self.forget(key);
+        set.map(|_| ())
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
@@ -863,6 +916,50 @@ impl Backend for RedisStore {
     }
 
     async fn store_leased(&self, entry: &str, token: &str, value: Bytes, ttl: Duration) -> Result<bool> {
+        let stored = self.store_leased_once(entry, token, value, ttl).await;
+        self.forget(entry);
+        stored
+    }
+
+    async fn invalidate_entry(&self, entry: &str) -> Result<bool> {
+        let removed = self.delivering(|| self.invalidate_entry_once(entry)).await;
+        self.forget(entry);
+        removed
+    }
+
+    async fn invalidate_tag(&self, tag_key: &str) -> Result<u64> {
+        let removed = self.delivering(|| self.invalidate_tag_once(tag_key)).await;
+        self.forget_all();
+        removed
+    }
+
+    async fn expire_entry(&self, entry: &str) -> Result<bool> {
+        let expired = self.expire_entries(vec![entry.to_owned()]).await;
+        self.forget(entry);
+        Ok(expired? == 1)
+    }
+
+    async fn expire_tag(&self, tag_key: &str) -> Result<u64> {
+        let expired = self.expire_tag_pages(tag_key).await;
+        self.forget_all();
+        expired
+    }
+
+    async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
+        let removed = self.delivering(|| self.invalidate_pattern_once(pattern)).await;
+        self.forget_all();
+        removed
+    }
+
+    async fn listen(&self, limit: Duration) {
+        self.background.enter(self.listener.ready(limit)).await;
+    }
+}
+
+/// The steps of the trait's methods, without the tier's evictions.
+impl RedisStore {
+    /// The store step of [`Backend::store_leased`].
+    async fn store_leased_once(&self, entry: &str, token: &str, value: Bytes, ttl: Duration) -> Result<bool> {
         let lease = lease_key(entry);
         let ms = millis(ttl);
         let channel = &self.channel;
@@ -879,19 +976,8 @@ impl Backend for RedisStore {
         Ok(stored != 0)
     }
 
-    async fn invalidate_entry(&self, entry: &str) -> Result<bool> {
-        self.delivering(|| self.invalidate_entry_once(entry)).await
-    }
-
-    async fn invalidate_tag(&self, tag_key: &str) -> Result<u64> {
-        self.delivering(|| self.invalidate_tag_once(tag_key)).await
-    }
-
-    async fn expire_entry(&self, entry: &str) -> Result<bool> {
-        Ok(self.expire_entries(vec![entry.to_owned()]).await? == 1)
-    }
-
-    async fn expire_tag(&self, tag_key: &str) -> Result<u64> {
+    /// [`Backend::expire_tag`] without the tier's eviction.
+    async fn expire_tag_pages(&self, tag_key: &str) -> Result<u64> {
         // The members stay in the set (their entries still carry the tag); it is
         // read a page at a time, each page expired before the next is read.
         let mut expired = 0;
@@ -910,14 +996,6 @@ impl Backend for RedisStore {
             from += TAG_BATCH;
         }
     }
-
-    async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
-        self.delivering(|| self.invalidate_pattern_once(pattern)).await
-    }
-
-    async fn listen(&self, limit: Duration) {
-        self.background.enter(self.listener.ready(limit)).await;
-    }
 }
 
 /// Each invalidation run once; [`RedisStore::delivering`] runs them again.
@@ -929,6 +1007,7 @@ impl RedisStore {
                 scripts::INVALIDATE_ENTRY
                     .key(entry)
                     .key(&lease)
+                    .arg(&self.channel)
                     .invoke_async(&mut conn)
                     .await
             })

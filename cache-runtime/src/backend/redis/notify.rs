@@ -1,7 +1,13 @@
-//! The one pub/sub subscriber of a Redis store: it hears every "entry stored"
-//! announcement of the cache's namespace and wakes the local waiters of that
-//! entry. On Redis Cluster, `PUBLISH` reaches every node, so one subscription to
-//! any node hears the whole cluster.
+//! The one pub/sub subscriber of a Redis store: it hears every announcement of
+//! the cache's namespace — an entry stored, a lease freed, entries invalidated
+//! or expired — and wakes the local waiters of those entries, and drops the
+//! first tier's copies of them (tiered stores). On Redis Cluster, `PUBLISH`
+//! reaches every node, so one subscription to any node hears the whole cluster.
+//!
+//! A payload is one entry key, a JSON array of entry keys (a batch), or a
+//! heartbeat `#<token>` (tiered stores, see [`super::l1`]). Keys start with
+//! the namespace, whose characters are letters, digits, `-`, `_` and `.`, so the
+//! three never look alike.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,7 +17,12 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
+use super::l1::{BEAT, L1};
 use crate::backend::Wake;
+
+/// A subscription of a tiered store that hears nothing for this long — not
+/// even its own heartbeat — is cut and made again.
+const SILENCE: Duration = Duration::from_secs(2);
 
 /// The subscriber: started on the first wait, reconnecting by itself.
 pub(crate) struct Listener {
@@ -19,6 +30,7 @@ pub(crate) struct Listener {
     tls_ca: Option<Arc<Vec<u8>>>,
     channel: String,
     waiters: Arc<dyn Wake>,
+    l1: Option<Arc<L1>>,
     started: AtomicBool,
     subscribed: watch::Sender<bool>,
     task: Mutex<Option<AbortHandle>>,
@@ -40,12 +52,14 @@ impl Listener {
         tls_ca: Option<Arc<Vec<u8>>>,
         channel: String,
         waiters: Arc<dyn Wake>,
+        l1: Option<Arc<L1>>,
     ) -> Listener {
         Listener {
             urls,
             tls_ca,
             channel,
             waiters,
+            l1,
             started: AtomicBool::new(false),
             subscribed: watch::channel(false).0,
             task: Mutex::new(None),
@@ -61,7 +75,10 @@ impl Listener {
                 self.urls.clone(),
                 self.tls_ca.clone(),
                 self.channel.clone(),
-                Arc::clone(&self.waiters),
+                Heard {
+                    waiters: Arc::clone(&self.waiters),
+                    l1: self.l1.clone(),
+                },
                 self.subscribed.clone(),
             ));
             *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
@@ -79,11 +96,46 @@ impl Drop for Listener {
     }
 }
 
+/// Where what the subscriber hears goes.
+struct Heard {
+    waiters: Arc<dyn Wake>,
+    l1: Option<Arc<L1>>,
+}
+
+impl Heard {
+    fn payload(&self, payload: &str) {
+        if payload.starts_with('#') {
+            if let Some(l1) = self.l1.as_ref().filter(|l1| l1.beat() == payload) {
+                l1.confirmed();
+            }
+        } else if payload.starts_with('[') {
+            for key in serde_json::from_str::<Vec<String>>(payload).unwrap_or_default() {
+                self.entry(&key);
+            }
+        } else {
+            self.entry(payload);
+        }
+    }
+
+    fn entry(&self, key: &str) {
+        if let Some(l1) = &self.l1 {
+            l1.evict(key);
+        }
+        self.waiters.wake(key);
+    }
+
+    fn lost(&self) {
+        if let Some(l1) = &self.l1 {
+            l1.lost();
+        }
+    }
+}
+
 async fn run(
     urls: Vec<String>,
     tls_ca: Option<Arc<Vec<u8>>>,
     channel: String,
-    waiters: Arc<dyn Wake>,
+    heard: Heard,
     subscribed: watch::Sender<bool>,
 ) {
     let mut backoff = Duration::from_millis(50);
@@ -93,12 +145,29 @@ async fn run(
                 backoff = Duration::from_millis(50);
                 subscribed.send_replace(true);
                 tracing::debug!(target: "aside", channel = %channel, "listening for stored entries");
+                let beating = heard
+                    .l1
+                    .as_ref()
+                    .map(|l1| tokio::spawn(beat(url.clone(), tls_ca.clone(), channel.clone(), l1.beat().to_owned())));
                 let mut messages = pubsub.into_on_message();
-                while let Some(message) = messages.next().await {
-                    if let Ok(key) = message.get_payload::<String>() {
-                        waiters.wake(&key);
+                loop {
+                    let message = if beating.is_some() {
+                        match tokio::time::timeout(SILENCE, messages.next()).await {
+                            Ok(message) => message,
+                            Err(_) => None,
+                        }
+                    } else {
+                        messages.next().await
+                    };
+                    let Some(message) = message else { break };
+                    if let Ok(payload) = message.get_payload::<String>() {
+                        heard.payload(&payload);
                     }
                 }
+                if let Some(beating) = beating {
+                    beating.abort();
+                }
+                heard.lost();
                 subscribed.send_replace(false);
                 tracing::debug!(target: "aside", channel = %channel, "store announcements lost; reconnecting");
             }
@@ -108,6 +177,33 @@ async fn run(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Publishes `payload` on `channel` every [`BEAT`], over a connection of its
+/// own to `url`, until aborted: the subscriber hearing it confirms the channel.
+async fn beat(url: String, tls_ca: Option<Arc<Vec<u8>>>, channel: String, payload: String) {
+    let Ok(client) = super::client(&url, tls_ca.as_deref()) else {
+        return;
+    };
+    let mut connection = None;
+    let mut ticks = tokio::time::interval(BEAT);
+    loop {
+        ticks.tick().await;
+        if connection.is_none() {
+            connection = tokio::time::timeout(BEAT * 5, client.get_multiplexed_async_connection())
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        if let Some(conn) = connection.as_mut() {
+            let mut publish = redis::cmd("PUBLISH");
+            publish.arg(&channel).arg(&payload);
+            let sent = tokio::time::timeout(BEAT * 5, publish.query_async::<i64>(conn)).await;
+            if !matches!(sent, Ok(Ok(_))) {
+                connection = None;
+            }
+        }
     }
 }
 

@@ -121,20 +121,48 @@ end
 return 0
 ";
 
-/// KEYS: entry, lease. Removes both; returns 1 if the entry existed.
+/// KEYS: entry, lease. ARGV: channel. Removes both and announces the entry
+/// (tiered stores drop their copies, waiters look again); returns 1 if the
+/// entry existed.
 pub(crate) static INVALIDATE_ENTRY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local removed = redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2])
+redis.pcall('PUBLISH', ARGV[1], KEYS[1])
 return removed
 ",
     )
 });
 
+/// KEYS: the keys to delete. ARGV: channel. Deletes them and announces them
+/// (one message, a JSON array); returns how many existed.
+pub(crate) static DELETE_BATCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local removed = redis.call('DEL', unpack(KEYS))
+redis.pcall('PUBLISH', ARGV[1], cjson.encode(KEYS))
+return removed
+",
+    )
+});
+
+/// KEYS: key. ARGV: value, ttl ms, channel. `SET … PX` and announces the key,
+/// so tiered stores drop their copies of what it held.
+///
+/// Sent as `EVAL` with its text: a `SET` is one round trip, also the first one
+/// on a connection (no `NOSCRIPT` and load first), which on a distant server
+/// would not fit in one operation's timeout.
+pub(crate) const SET_ANNOUNCED: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.pcall('PUBLISH', ARGV[3], KEYS[1])
+return 1
+";
+
 /// KEYS: `n` entries, their `n` leases in the same order, then optionally the
-/// detached tag set they were read from and the tag's pending list. ARGV: `n`.
-/// Removes the entries and their leases (revoking computations in flight), then
+/// detached tag set they were read from and the tag's pending list. ARGV: `n`,
+/// channel. Removes the entries and their leases (revoking computations in
+/// flight) and announces the entries (one message, a JSON array), then
 /// drops the entries from the detached set, so that whoever reads the set next
 /// finds only members nobody has removed yet, and drops an emptied set from
 /// the pending list; returns how many entries existed.
@@ -146,6 +174,7 @@ pub(crate) static INVALIDATE_BATCH: LazyLock<Script> = LazyLock::new(|| {
 local n = tonumber(ARGV[1])
 local removed = redis.call('DEL', unpack(KEYS, 1, n))
 redis.call('DEL', unpack(KEYS, n + 1, 2 * n))
+redis.pcall('PUBLISH', ARGV[2], cjson.encode({unpack(KEYS, 1, n)}))
 local set = KEYS[2 * n + 1]
 if set then
   redis.call('ZREM', set, unpack(KEYS, 1, n))
@@ -160,11 +189,12 @@ return removed
 });
 
 /// KEYS: `n` entries, their `n` leases in the same order. ARGV: `n`, the
-/// entries' magic byte, the offset of their fresh-until stamp.
+/// entries' magic byte, the offset of their fresh-until stamp, channel.
 /// Soft invalidation: zeroes each entry's fresh-until stamp, so it is stale at
 /// once (value and TTL kept: served within its `stale` window while one caller
 /// refreshes it); a key that is not an entry is deleted. Revokes the leases
-/// (computations in flight store nothing). Returns how many entries existed.
+/// (computations in flight store nothing) and announces the entries. Returns
+/// how many entries existed.
 pub(crate) static EXPIRE_BATCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -185,6 +215,7 @@ for i = 1, n do
   end
 end
 redis.call('DEL', unpack(KEYS, n + 1, 2 * n))
+redis.pcall('PUBLISH', ARGV[4], cjson.encode({unpack(KEYS, 1, n)}))
 return found
 ",
     )

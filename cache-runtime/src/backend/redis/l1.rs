@@ -1,0 +1,250 @@
+//! The first tier of a tiered store (`CACHE_BACKEND=tiered`): a bounded
+//! in-process copy of the entries this process read from Redis, served without
+//! a round trip, kept coherent by the store's invalidation channel.
+//!
+//! # Coherence
+//!
+//! Every write to an entry made through aside, in any process whatever its own
+//! backend — a store, a `set_json`, an invalidation of a key, a tag or a pattern,
+//! an expiry — announces the entry keys it changed on the namespace's channel
+//! from inside the same script, and the store's one subscriber evicts them here.
+//! The invalidating process evicts its own copies before its call returns.
+//!
+//! A copy is used only while the channel is *confirmed*: the subscriber hears
+//! this process's own heartbeat, published every [`BEAT`] on the same channel,
+//! within [`CONFIRMED_FOR`]. Pub/sub delivers in order, so hearing a beat means
+//! every announcement published before it was heard too. When the channel is
+//! cut, lagging or resubscribing (a Redis restart, a failover, a client output
+//! buffer kill), no beat arrives: the copies are dropped and the tier is
+//! bypassed until the beats come back.
+//!
+//! A copy is filled from a `GET` only if no eviction of its key happened since
+//! the `GET` was sent (a per-shard generation, checked again after the insert),
+//! and it is served only while its entry is fresh: it never outlives the entry's
+//! fresh life, which ends before its Redis TTL.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use moka::sync::Cache as Moka;
+use moka::Expiry;
+
+use crate::config::MemoryCapacity;
+use crate::entry;
+
+/// How often the subscriber's process publishes its heartbeat.
+pub(crate) const BEAT: Duration = Duration::from_millis(100);
+
+/// How long a heard heartbeat keeps the tier usable.
+pub(crate) const CONFIRMED_FOR: Duration = Duration::from_millis(500);
+
+/// Generation shards: an eviction of one key stops fills of the keys of its shard only.
+const SHARDS: usize = 64;
+
+/// One entry's bytes, as read from Redis, and when it stops being fresh.
+#[derive(Clone)]
+struct Copy {
+    bytes: Bytes,
+    fresh_until_ms: u64,
+}
+
+/// Expires each copy when its entry stops being fresh.
+struct FreshLife;
+
+impl Expiry<String, Copy> for FreshLife {
+    fn expire_after_create(&self, _: &String, copy: &Copy, _: Instant) -> Option<Duration> {
+        let now = entry::unix_ms(SystemTime::now());
+        Some(Duration::from_millis(copy.fresh_until_ms.saturating_sub(now)))
+    }
+}
+
+/// The first tier; see the module docs.
+pub(crate) struct L1 {
+    copies: Moka<String, Copy>,
+    generations: [AtomicU64; SHARDS],
+    /// When this process last heard its own heartbeat.
+    confirmed_at: Mutex<Option<Instant>>,
+    /// Whether copies may be served (and were, since they were last dropped).
+    usable: AtomicBool,
+    /// This process's heartbeat payload.
+    beat: String,
+}
+
+impl std::fmt::Debug for L1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L1")
+            .field("copies", &self.copies.entry_count())
+            .field("usable", &self.usable.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl L1 {
+    /// A tier bounded by `capacity`, whose heartbeat is `beat` (unique per store).
+    pub(crate) fn new(capacity: MemoryCapacity, beat: String) -> L1 {
+        let builder = Moka::builder().expire_after(FreshLife);
+        let copies = match capacity {
+            MemoryCapacity::Entries(n) => builder.max_capacity(n).build(),
+            MemoryCapacity::Bytes(n) => builder
+                .max_capacity(n)
+                .weigher(|key: &String, copy: &Copy| u32::try_from(key.len() + copy.bytes.len()).unwrap_or(u32::MAX))
+                .build(),
+        };
+        L1 {
+            copies,
+            generations: std::array::from_fn(|_| AtomicU64::new(0)),
+            confirmed_at: Mutex::new(None),
+            usable: AtomicBool::new(false),
+            beat,
+        }
+    }
+
+    /// The heartbeat this process publishes and listens for.
+    pub(crate) fn beat(&self) -> &str {
+        &self.beat
+    }
+
+    /// The copy of `key`, if the tier is usable and the copy fresh.
+    pub(crate) fn get(&self, key: &str) -> Option<Bytes> {
+        if !self.check_usable() {
+            return None;
+        }
+        let copy = self.copies.get(key)?;
+        (copy.fresh_until_ms > entry::unix_ms(SystemTime::now())).then_some(copy.bytes)
+    }
+
+    /// The generation of `key`'s shard: read before a `GET` whose answer may fill the tier.
+    pub(crate) fn generation(&self, key: &str) -> u64 {
+        self.shard(key).load(Ordering::Acquire)
+    }
+
+    /// Keeps a copy of `bytes`, read for `key` by a `GET` sent at `generation`,
+    /// unless the key was evicted since, the entry is not fresh, or the tier is
+    /// not usable.
+    pub(crate) fn fill(&self, key: &str, bytes: &Bytes, generation: u64) {
+        if !self.check_usable() || self.generation(key) != generation {
+            return;
+        }
+        let Some(fresh_until_ms) = entry::fresh_until(bytes) else {
+            return;
+        };
+        if fresh_until_ms <= entry::unix_ms(SystemTime::now()) {
+            return;
+        }
+        self.copies.insert(
+            key.to_owned(),
+            Copy {
+                bytes: bytes.clone(),
+                fresh_until_ms,
+            },
+        );
+        // An eviction between the check and the insert bumped the generation
+        // first: undo the insert (its own removal may have run before it).
+        if self.generation(key) != generation {
+            self.copies.invalidate(key);
+        }
+    }
+
+    /// Drops the copy of `key` and stops fills from `GET`s sent before now.
+    pub(crate) fn evict(&self, key: &str) {
+        self.shard(key).fetch_add(1, Ordering::AcqRel);
+        self.copies.invalidate(key);
+    }
+
+    /// Drops every copy and stops fills from `GET`s sent before now.
+    pub(crate) fn evict_all(&self) {
+        for generation in &self.generations {
+            generation.fetch_add(1, Ordering::AcqRel);
+        }
+        self.copies.invalidate_all();
+    }
+
+    /// The subscriber heard this process's heartbeat.
+    pub(crate) fn confirmed(&self) {
+        *self.confirmed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// The subscription was lost: nothing heard from now on can be trusted to be complete.
+    pub(crate) fn lost(&self) {
+        *self.confirmed_at.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.usable.store(false, Ordering::Release);
+        self.evict_all();
+    }
+
+    /// Whether copies may be served now; drops them all when the channel
+    /// stopped being confirmed, and starts from none when it is confirmed again.
+    fn check_usable(&self) -> bool {
+        let confirmed = self
+            .confirmed_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at.elapsed() < CONFIRMED_FOR);
+        let was = self.usable.swap(confirmed, Ordering::AcqRel);
+        if was != confirmed {
+            self.evict_all();
+        }
+        confirmed
+    }
+
+    fn shard(&self, key: &str) -> &AtomicU64 {
+        let hash = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
+        &self.generations[usize::try_from(hash % SHARDS as u64).unwrap_or(0)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l1() -> L1 {
+        let l1 = L1::new(MemoryCapacity::Entries(100), "#test".to_owned());
+        l1.confirmed();
+        l1
+    }
+
+    fn fresh(value: &str) -> Bytes {
+        Bytes::from(entry::encode(&value, Duration::from_secs(60)).unwrap())
+    }
+
+    #[test]
+    fn a_fill_after_an_eviction_of_its_key_is_refused() {
+        let l1 = l1();
+        let seen = l1.generation("k");
+        l1.evict("k");
+        l1.fill("k", &fresh("old"), seen);
+        assert_eq!(l1.get("k"), None);
+        let seen = l1.generation("k");
+        l1.fill("k", &fresh("new"), seen);
+        let got = l1.get("k").expect("filled");
+        assert_eq!(entry::decode::<String>(&got).unwrap().value, "new");
+    }
+
+    #[test]
+    fn nothing_is_served_or_kept_while_the_channel_is_not_confirmed() {
+        let l1 = L1::new(MemoryCapacity::Entries(100), "#test".to_owned());
+        let seen = l1.generation("k");
+        l1.fill("k", &fresh("v"), seen);
+        assert_eq!(l1.get("k"), None, "never confirmed");
+        l1.confirmed();
+        assert_eq!(l1.get("k"), None, "nothing was kept before");
+        let seen = l1.generation("k");
+        l1.fill("k", &fresh("v"), seen);
+        assert!(l1.get("k").is_some());
+        l1.lost();
+        assert_eq!(l1.get("k"), None);
+        l1.confirmed();
+        assert_eq!(l1.get("k"), None, "the copies were dropped when the channel was lost");
+    }
+
+    #[test]
+    fn stale_entries_are_not_kept() {
+        let l1 = l1();
+        let stale = Bytes::from(entry::encode(&"v", Duration::ZERO).unwrap());
+        l1.fill("k", &stale, l1.generation("k"));
+        assert_eq!(l1.get("k"), None);
+        l1.fill("junk", &Bytes::from_static(b"not an entry"), l1.generation("junk"));
+        assert_eq!(l1.get("junk"), None);
+    }
+}

@@ -7,6 +7,10 @@
 //! bytes 10..  the value
 //! ```
 //!
+//! With a signing or encryption key the entry is wrapped in an envelope with
+//! the same magic byte and byte 1 `0x81` (signed) or `0x82` (sealed); see
+//! [`seal`](crate::seal). A cache without keys sees those as unknown formats.
+//!
 //! Readers go by byte 1, whatever format their own cache writes, so a fleet can
 //! switch formats one process at a time. An entry whose header is unknown decodes
 //! as an error, which callers count and treat as a miss, so old readers never

@@ -5,7 +5,7 @@
 //! cargo bench --bench compare             # full run; writes docs/benchmarks.svg
 //! cargo bench --bench compare -- --quick  # a smoke run, well under a minute
 //! cargo bench --bench compare -- hit memory  # only these sections (also: miss storm
-//!                                            # tags pattern footprint); no docs chart
+//!                                            # tags pattern footprint keys); no docs chart
 //! ```
 //!
 //! Each comparison prints one line,
@@ -35,6 +35,8 @@ mod chart;
 mod footprint;
 #[path = "compare/invalidation.rs"]
 mod invalidation;
+#[path = "compare/keys.rs"]
+mod keys;
 #[path = "compare/memory.rs"]
 mod memory;
 #[path = "compare/redis_paths.rs"]
@@ -155,7 +157,7 @@ pub struct Settings {
     pub invalidation_rounds: usize,
     pub footprint_entries: usize,
     /// Sections named on the command line (`hit miss memory storm tags pattern
-    /// footprint`); empty: all of them.
+    /// footprint keys`); empty: all of them.
     pub only: Vec<String>,
 }
 
@@ -295,6 +297,9 @@ pub enum Group {
     Invalidation,
     /// Redis bytes per entry (lower is better).
     Footprint,
+    /// Calls per second of aside with signing or encryption keys ÷ without: the
+    /// cost of the check, not a comparison with another crate (not charted).
+    Keys,
 }
 
 /// One printed comparison line.
@@ -515,7 +520,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let mut results = Results::default();
-    const SECTIONS: [&str; 7] = ["hit", "miss", "memory", "storm", "tags", "pattern", "footprint"];
+    const SECTIONS: [&str; 8] = ["hit", "miss", "memory", "storm", "tags", "pattern", "footprint", "keys"];
     if let Some(unknown) = s.only.iter().find(|o| !SECTIONS.contains(&o.as_str())) {
         panic!("unknown section {unknown:?}; the sections are {}", SECTIONS.join(", "));
     }
@@ -530,6 +535,9 @@ fn main() {
         }
         if run("memory") {
             memory::hit_path(&s, &mut results).await;
+        }
+        if run("keys") {
+            keys::hit_path(&s, &mut results).await;
         }
     });
     // The storm's processes are driven synchronously from here.

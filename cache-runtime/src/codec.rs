@@ -1,18 +1,24 @@
 //! How one cache turns values into stored entries and back: the entry format,
-//! the TTL ceiling and the size limit, with the logs and counts of entries that
-//! do not decode, are clamped, or are not stored.
+//! the signature and seal (with keys), the TTL ceiling and the size limit, with
+//! the logs and counts of entries that do not verify or decode, are clamped, or
+//! are not stored.
+//!
+//! Every read of an entry's bytes goes through [`Codec::decode`] (counted) or
+//! [`Codec::read`] (silent), so none skips the signature or the seal.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::config::Settings;
 use crate::entry::{self, Entry, EntryFormat};
 use crate::error::{Error, Result};
 use crate::policy::clamp;
 use crate::redact::Redacted;
+use crate::seal::Seal;
 use crate::stats::{Event, Probe};
 
 /// The entry rules of one cache.
@@ -21,6 +27,7 @@ pub(crate) struct Codec {
     format: EntryFormat,
     max_ttl: Duration,
     max_value_size: usize,
+    seal: Seal,
     clamp_logged: AtomicBool,
 }
 
@@ -30,6 +37,7 @@ impl Codec {
             format: settings.entry_format,
             max_ttl: settings.max_ttl,
             max_value_size: settings.max_value_size,
+            seal: Seal::new(&settings.keys),
             clamp_logged: AtomicBool::new(false),
         }
     }
@@ -40,11 +48,13 @@ impl Codec {
     }
 
     /// Encodes `value` with `encode`, fresh for `fresh`, kept for `lifetime`
-    /// clamped to the ceiling. Returns the bytes and the TTL to write.
+    /// clamped to the ceiling, and signs or seals it for the full key `key`.
+    /// Returns the bytes and the TTL to write.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidTtl`] for a zero `fresh`, and the encoder's errors.
+    /// [`Error::InvalidTtl`] for a zero `fresh`, the encoder's errors, and
+    /// [`Error::Encode`] when the entry cannot be sealed.
     pub(crate) fn encode<T: ?Sized>(
         &self,
         key: &str,
@@ -60,8 +70,20 @@ impl Codec {
         if ceiling.clamped {
             self.log_clamp(key, lifetime);
         }
-        let bytes = encode(value, fresh.min(ceiling.ttl))?;
+        let bytes = self.seal.wrap(key, encode(value, fresh.min(ceiling.ttl))?)?;
         Ok((Bytes::from(bytes), ceiling.ttl))
+    }
+
+    /// `value` in this cache's format, fresh for `fresh`, signed or sealed for
+    /// the full key `key`: what a computation hands to the callers of this
+    /// process waiting for it.
+    ///
+    /// # Errors
+    ///
+    /// The encoder's errors, and [`Error::Encode`] when it cannot be sealed.
+    pub(crate) fn pack<T: Serialize + DeserializeOwned>(&self, key: &str, value: &T, fresh: Duration) -> Result<Bytes> {
+        let bytes = entry::encode_as(value, fresh, self.format)?;
+        Ok(Bytes::from(self.seal.wrap(key, bytes)?))
     }
 
     /// Checks the size limit (`CACHE_MAX_VALUE_SIZE`).
@@ -80,9 +102,19 @@ impl Codec {
         Ok(())
     }
 
-    /// Decodes an entry; one that does not decode is logged, counted, and a miss.
+    /// Decodes the entry read at the full key `key`; one that does not verify
+    /// (with keys) or does not decode is logged, counted, and a miss.
     pub(crate) fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8], probe: &Probe<'_>) -> Option<Entry<T>> {
-        match entry::decode(bytes) {
+        let plain = match self.seal.open(key, bytes) {
+            Ok(plain) => plain,
+            Err(why) => {
+                probe.record(Event::Unverified);
+                tracing::warn!(target: "aside", key = %Redacted(key), error = %why,
+                    "entry does not verify; treating it as a miss");
+                return None;
+            }
+        };
+        match entry::decode(&plain) {
             Ok(entry) => Some(entry),
             Err(error) => {
                 probe.record(Event::DecodeError);
@@ -91,6 +123,22 @@ impl Codec {
                 None
             }
         }
+    }
+
+    /// Decodes the entry at the full key `key` without logging or counting: for
+    /// bytes a caller of this process handed over, or read again after a
+    /// counted read. Verified all the same.
+    pub(crate) fn read<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Option<Entry<T>> {
+        let plain = self.seal.open(key, bytes).ok()?;
+        entry::decode(&plain).ok()
+    }
+
+    /// The value of the entry at the full key `key`, if it verifies, decodes
+    /// and is fresh; silent, as [`read`](Codec::read).
+    pub(crate) fn fresh<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Option<T> {
+        self.read::<T>(key, bytes)
+            .filter(Entry::is_fresh)
+            .map(|entry| entry.value)
     }
 
     /// Logs and counts a value that was computed but not stored.

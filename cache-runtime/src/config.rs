@@ -14,6 +14,10 @@
 //! | `CACHE_ENTRY_FORMAT` | how cached functions' values are stored: `json` or `msgpack` (compact; see [`EntryFormat`]) | `json` |
 //! | `CACHE_TTL_JITTER` | default [`Policy::jitter`](crate::Policy::jitter): each stored TTL is drawn from `[ttl·(1−j), ttl]`; `10%` or `0.1`, at most 50 % | `0` |
 //! | `CACHE_TLS_CA_FILE` | PEM file of the CA that signed the server's certificate (`rediss://`) | the system's roots |
+//! | `CACHE_SIGNING_KEY` | entries are signed (HMAC-SHA256) and only signed entries are served: at least 64 hex digits (32 bytes) | unset: not signed |
+//! | `CACHE_SIGNING_KEY_PREVIOUS` | during a rotation, entries signed with this key are served too (new ones use `CACHE_SIGNING_KEY`) | unset |
+//! | `CACHE_ENCRYPTION_KEY` | entries are sealed (XChaCha20-Poly1305) and only sealed entries are served: exactly 64 hex digits (32 bytes) | unset: not sealed |
+//! | `CACHE_ENCRYPTION_KEY_PREVIOUS` | during a rotation, entries sealed with this key open too (new ones use `CACHE_ENCRYPTION_KEY`) | unset |
 //!
 //! Durations are whole seconds (`300`) or humantime strings (`250ms`, `5m`, `1h 30m`).
 
@@ -22,6 +26,7 @@ use std::time::Duration;
 
 use crate::entry::EntryFormat;
 use crate::error::{Error, Result};
+use crate::seal::{KeyNames, Keys, SecretKey};
 
 /// The hard ceiling on every TTL the runtime writes: 24 hours.
 pub const TTL_CEILING: Duration = Duration::from_secs(24 * 60 * 60);
@@ -198,6 +203,8 @@ pub struct Settings {
     pub(crate) tls_ca_pem: Option<Vec<u8>>,
     /// The default jitter, in millionths of the TTL.
     pub(crate) ttl_jitter: u32,
+    /// The signing and encryption keys; their `Debug` shows only which are set.
+    pub(crate) keys: Keys,
 }
 
 impl Default for Settings {
@@ -214,6 +221,7 @@ impl Default for Settings {
             entry_format: EntryFormat::Json,
             tls_ca_pem: None,
             ttl_jitter: 0,
+            keys: Keys::default(),
         }
     }
 }
@@ -301,6 +309,16 @@ impl Settings {
             })?;
             settings.tls_ca_pem = Some(validate_ca_pem("CACHE_TLS_CA_FILE", pem)?);
         }
+        let key = |var: &'static str, exact: Option<usize>| {
+            get(var).map(|text| SecretKey::parse(var, &text, exact)).transpose()
+        };
+        settings.keys = Keys {
+            signing: key(ENV_KEYS.signing, None)?,
+            signing_previous: key(ENV_KEYS.signing_previous, None)?,
+            encryption: key(ENV_KEYS.encryption, Some(Keys::ENCRYPTION_KEY_BYTES))?,
+            encryption_previous: key(ENV_KEYS.encryption_previous, Some(Keys::ENCRYPTION_KEY_BYTES))?,
+        };
+        settings.keys.check(&ENV_KEYS)?;
         Ok(settings)
     }
 
@@ -348,7 +366,36 @@ impl Settings {
     pub fn entry_format(&self) -> EntryFormat {
         self.entry_format
     }
+
+    /// `true` with a signing key (`CACHE_SIGNING_KEY`): entries are signed, and
+    /// only entries signed with it (or the previous key) are served.
+    ///
+    /// ```
+    /// use aside::Settings;
+    /// let key = "7f".repeat(32);
+    /// let settings = Settings::from_lookup(|name| (name == "CACHE_SIGNING_KEY").then(|| key.clone())).unwrap();
+    /// assert!(settings.signs_entries() && !settings.encrypts_entries());
+    /// // The key never shows.
+    /// assert!(!format!("{settings:?}").contains("7f7f"));
+    /// ```
+    pub fn signs_entries(&self) -> bool {
+        self.keys.signing.is_some()
+    }
+
+    /// `true` with an encryption key (`CACHE_ENCRYPTION_KEY`): values are sealed,
+    /// and only entries sealed with it (or the previous key) are served.
+    pub fn encrypts_entries(&self) -> bool {
+        self.keys.encryption.is_some()
+    }
 }
+
+/// The variables of the keys.
+const ENV_KEYS: KeyNames = KeyNames {
+    signing: "CACHE_SIGNING_KEY",
+    signing_previous: "CACHE_SIGNING_KEY_PREVIOUS",
+    encryption: "CACHE_ENCRYPTION_KEY",
+    encryption_previous: "CACHE_ENCRYPTION_KEY_PREVIOUS",
+};
 
 /// Millionths: the unit jitter is kept in.
 pub(crate) const JITTER_UNIT: u32 = 1_000_000;
@@ -548,6 +595,42 @@ mod tests {
             (&[("CACHE_TTL_JITTER", "150%")], "CACHE_TTL_JITTER"),
             (&[("CACHE_TTL_JITTER", "-1%")], "CACHE_TTL_JITTER"),
             (&[("CACHE_TTL_JITTER", "some")], "CACHE_TTL_JITTER"),
+            (&[("CACHE_SIGNING_KEY", "hunter2")], "CACHE_SIGNING_KEY"),
+            (
+                &[(
+                    "CACHE_SIGNING_KEY",
+                    "hunter2hunter2hunter2hunter2hunter2hunter2hunter2hunter2hunter2x",
+                )],
+                "CACHE_SIGNING_KEY",
+            ),
+            (&[("CACHE_ENCRYPTION_KEY", "ab")], "CACHE_ENCRYPTION_KEY"),
+            (
+                &[(
+                    "CACHE_ENCRYPTION_KEY",
+                    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef00",
+                )],
+                "CACHE_ENCRYPTION_KEY",
+            ),
+            (
+                &[(
+                    "CACHE_SIGNING_KEY_PREVIOUS",
+                    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                )],
+                "CACHE_SIGNING_KEY_PREVIOUS",
+            ),
+            (
+                &[
+                    (
+                        "CACHE_SIGNING_KEY",
+                        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                    ),
+                    (
+                        "CACHE_ENCRYPTION_KEY",
+                        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                    ),
+                ],
+                "CACHE_ENCRYPTION_KEY",
+            ),
         ];
         for (pairs, var) in cases {
             let owned: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

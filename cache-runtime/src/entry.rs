@@ -7,6 +7,10 @@
 //! bytes 10..  the value
 //! ```
 //!
+//! With a signing or encryption key the entry is wrapped in an envelope with
+//! the same magic byte and byte 1 `0x81` (signed) or `0x82` (sealed); see
+//! [`seal`](crate::seal). A cache without keys sees those as unknown formats.
+//!
 //! Readers go by byte 1, whatever format their own cache writes, so a fleet can
 //! switch formats one process at a time. An entry whose header is unknown decodes
 //! as an error, which callers count and treat as a miss, so old readers never
@@ -188,10 +192,19 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<E
     })
 }
 
-/// When the entry `bytes` stops being fresh (Unix milliseconds), read from its
-/// header alone; `None` when they are not an entry.
+/// Whether `bytes` start with a plain entry's header (not a signed or sealed
+/// envelope, whose stamp cannot be read or changed without the keys).
+fn plain(bytes: &[u8]) -> bool {
+    bytes.len() >= HEADER && bytes[0] == MAGIC && PLAIN_FORMATS.contains(&bytes[1])
+}
+
+/// The format bytes of plain entries, as the soft-invalidation script checks them.
+pub(crate) const PLAIN_FORMATS: [u8; 2] = [JSON, MESSAGE_PACK];
+
+/// When the plain entry `bytes` stops being fresh (Unix milliseconds), read
+/// from its header alone; `None` for anything else.
 pub(crate) fn fresh_until(bytes: &[u8]) -> Option<u64> {
-    if bytes.len() < HEADER || bytes[0] != MAGIC {
+    if !plain(bytes) {
         return None;
     }
     let mut stamp = [0u8; 8];
@@ -199,10 +212,11 @@ pub(crate) fn fresh_until(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(stamp))
 }
 
-/// The entry `bytes` made stale at once (its fresh-until stamp zeroed; value
-/// and format kept), or `None` when they are not an entry.
+/// The plain entry `bytes` made stale at once (its fresh-until stamp zeroed;
+/// value and format kept), or `None` for anything else — which soft
+/// invalidation removes instead.
 pub(crate) fn expired(bytes: &[u8]) -> Option<Vec<u8>> {
-    if bytes.len() < HEADER || bytes[0] != MAGIC {
+    if !plain(bytes) {
         return None;
     }
     let mut stale = bytes.to_vec();

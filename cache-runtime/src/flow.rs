@@ -168,7 +168,7 @@ where
             Ok(Some((held, stored))) => {
                 let now = entry::unix_ms(std::time::SystemTime::now());
                 let newer = stored
-                    .and_then(|bytes| entry::decode::<O::Value>(&bytes).ok())
+                    .and_then(|bytes| self.shared.codec.read::<O::Value>(self.entry, &bytes))
                     .filter(|entry| entry.is_fresh() && !self.policy.due_ahead(entry.fresh_until_ms, now));
                 if let Some(entry) = newer {
                     held.release().await;
@@ -248,7 +248,9 @@ where
             match self.lease.take().await {
                 Ok(Some((held, stored))) => {
                     // Another process may have stored between our miss and our lease.
-                    if let Some(value) = stored.and_then(|bytes| fresh::<O::Value>(&bytes)) {
+                    if let Some(value) =
+                        stored.and_then(|bytes| self.shared.codec.fresh::<O::Value>(self.entry, &bytes))
+                    {
                         held.release().await;
                         return O::from_cached(value);
                     }
@@ -256,7 +258,8 @@ where
                 }
                 Ok(None) => {
                     self.note_wait();
-                    let accept = |bytes: Bytes| fresh::<O::Value>(&bytes);
+                    let (codec, entry) = (&self.shared.codec, self.entry);
+                    let accept = |bytes: Bytes| codec.fresh::<O::Value>(entry, &bytes);
                     match self.lease.wait_for_value(self.deadline, accept).await {
                         Ok(Some(value)) => return O::from_cached(value),
                         Ok(None) => continue,
@@ -285,7 +288,7 @@ where
         match self.lease.take().await {
             Ok(Some((held, stored))) => {
                 // Someone may have refreshed it between our read and our lease.
-                if let Some(value) = stored.and_then(|bytes| fresh::<O::Value>(&bytes)) {
+                if let Some(value) = stored.and_then(|bytes| self.shared.codec.fresh::<O::Value>(entry, &bytes)) {
                     held.release().await;
                     return O::from_cached(value);
                 }
@@ -331,7 +334,7 @@ where
                 // take it rather than compute again — all of them, as if they had
                 // read it from the store, when the lease shows that no
                 // invalidation of the entry began until now.
-                let declined = share(self.shared, self.policy, outcome.declined(), pilot.as_ref());
+                let declined = share(self.shared, self.entry, self.policy, outcome.declined(), pilot.as_ref());
                 if declined.is_some() {
                     let checked = Instant::now();
                     if held.still_held().await {
@@ -410,7 +413,7 @@ where
         self.probe.computed(started.elapsed());
         if let Some(pilot) = pilot {
             let value = outcome.cacheable(self.policy).or(outcome.declined());
-            let value = share(self.shared, self.policy, value, Some(&pilot));
+            let value = share(self.shared, self.entry, self.policy, value, Some(&pilot));
             pilot.land(Landing::Computed { value, started });
         }
         outcome
@@ -430,7 +433,10 @@ where
 
     /// A value another caller of this process computed and handed over.
     fn decode_shared(&self, bytes: &Bytes) -> Option<O::Value> {
-        entry::decode::<O::Value>(bytes).ok().map(|entry| entry.value)
+        self.shared
+            .codec
+            .read::<O::Value>(self.entry, bytes)
+            .map(|entry| entry.value)
     }
 }
 
@@ -446,9 +452,11 @@ pub(crate) enum Found<T> {
     Failed,
 }
 
-/// `value` encoded for the flight's followers, if it has any.
+/// `value` encoded (and signed or sealed, with keys) for the flight's
+/// followers, if it has any.
 fn share<T: serde::Serialize + DeserializeOwned>(
     shared: &Shared,
+    key: &str,
     policy: &Policy,
     value: Option<&T>,
     pilot: Option<&Pilot>,
@@ -457,9 +465,7 @@ fn share<T: serde::Serialize + DeserializeOwned>(
         return None;
     }
     let fresh = policy.ttl().max(Duration::from_millis(1));
-    entry::encode_as(value?, fresh, shared.codec.format())
-        .ok()
-        .map(Bytes::from)
+    shared.codec.pack(key, value?, fresh).ok()
 }
 
 /// How long a computed value is fresh, and how long it is kept: the policy's
@@ -483,14 +489,6 @@ fn terms<O: Outcome>(policy: &Policy, settings: &Settings, lifetime: Duration, o
         fresh,
         clamp(fresh.saturating_add(policy.stale_window()), settings.max_ttl).ttl,
     )
-}
-
-/// The value of an entry's bytes, if they decode and are fresh.
-fn fresh<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {
-    entry::decode::<T>(bytes)
-        .ok()
-        .filter(Entry::is_fresh)
-        .map(|entry| entry.value)
 }
 
 /// `start + wait`, or a date far enough away when that does not fit in an

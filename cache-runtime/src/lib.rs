@@ -40,6 +40,7 @@ pub mod metrics;
 mod outcome;
 pub mod policy;
 mod redact;
+mod seal;
 #[cfg(feature = "sessions")]
 pub mod session;
 mod stats;

@@ -51,6 +51,9 @@ macro_rules! counter_table {
                     "Computed values not stored because an invalidation revoked their lease.";
                 decode_errors: DecodeError => DECODE_ERRORS = "aside_cache_decode_errors_total",
                     "Entries that did not decode (corrupt, other format, other type).";
+                /// Only with `CACHE_SIGNING_KEY` or `CACHE_ENCRYPTION_KEY`; such an entry is not also a decode error.
+                unverified: Unverified => UNVERIFIED = "aside_cache_unverified_total",
+                    "Entries refused because their signature or seal did not verify (forged, tampered with, copied from another key, or written without this cache's keys).";
                 backend_errors: BackendError => BACKEND_ERRORS = "aside_cache_backend_errors_total",
                     "Backend failures and timeouts; the call computed without the cache.";
                 oversized: Oversized => OVERSIZED = "aside_cache_oversized_total",

@@ -138,6 +138,19 @@ impl Fixture {
         redis::cmd("GET").arg(key).query(&mut conn).expect("GET")
     }
 
+    /// Writes `bytes` at a full key on the node that holds it, for ten minutes,
+    /// as anyone who can reach the Redis could. Redis fixtures only.
+    pub fn put_bytes(&self, key: &str, bytes: &[u8]) {
+        let mut conn = self.connection_for(key).expect("raw writes need a Redis fixture");
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg(bytes)
+            .arg("EX")
+            .arg(600)
+            .query(&mut conn)
+            .expect("SET");
+    }
+
     /// The remaining lifetime of a full key: from the server, or from the memory store.
     pub async fn ttl_of(&self, cache: &Cache, full_key: &str) -> Option<Duration> {
         if self.is_memory() {

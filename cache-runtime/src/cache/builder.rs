@@ -6,6 +6,15 @@ use super::Cache;
 use crate::config::{BackendKind, Settings};
 use crate::entry::EntryFormat;
 use crate::error::{Error, Result};
+use crate::seal::{KeyNames, Keys, SecretKey};
+
+/// The builder methods of the keys, as errors name them.
+const BUILDER_KEYS: KeyNames = KeyNames {
+    signing: "signing_key",
+    signing_previous: "signing_key_previous",
+    encryption: "encryption_key",
+    encryption_previous: "encryption_key_previous",
+};
 
 /// Builds a [`Cache`] in code; every setting starts at its default (memory backend).
 ///
@@ -179,11 +188,123 @@ impl CacheBuilder {
         self
     }
 
+    /// Signs every entry with this key (`CACHE_SIGNING_KEY`), given as at least
+    /// 64 hex digits (32 bytes; `openssl rand -hex 32`), and serves only entries
+    /// signed with it or with [`signing_key_previous`](CacheBuilder::signing_key_previous):
+    /// anything else found in the store — forged, tampered with, copied from
+    /// another key, unsigned — is a miss, counted in `unverified`, and recomputed.
+    ///
+    /// The signature binds the entry to its full key, so one user's entry copied
+    /// under another user's key is refused too. Values stay readable in the
+    /// store; see [`encryption_key`](CacheBuilder::encryption_key) to hide them.
+    ///
+    /// ```
+    /// # async fn demo() -> aside::Result<()> {
+    /// use std::time::Duration;
+    /// use aside::Cache;
+    ///
+    /// let key = "5e".repeat(32); // in production: from a secret store
+    /// let cache = Cache::builder().signing_key(&key).build().await?;
+    /// cache.set_json("total", &1234, Duration::from_secs(60)).await?;
+    /// assert_eq!(cache.get_json::<u32>("total").await?, Some(1234));
+    ///
+    /// // A short or malformed key is an error naming the setting, never the key.
+    /// let err = Cache::builder().signing_key("5e5e").build().await.unwrap_err();
+    /// assert!(err.to_string().contains("signing_key") && !err.to_string().contains("5e5e"));
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub fn signing_key(mut self, hex: &str) -> Self {
+        let parsed = SecretKey::parse(BUILDER_KEYS.signing, hex, None).map(|key| {
+            self.settings.keys.signing = Some(key);
+        });
+        self.keep(parsed)
+    }
+
+    /// During a rotation, also serves entries signed with this key
+    /// (`CACHE_SIGNING_KEY_PREVIOUS`); new entries are signed with
+    /// [`signing_key`](CacheBuilder::signing_key), which must be set too.
+    ///
+    /// ```
+    /// use aside::Cache;
+    ///
+    /// let (old, new) = ("01".repeat(32), "02".repeat(32));
+    /// let settings = Cache::builder().signing_key(&new).signing_key_previous(&old).settings().unwrap();
+    /// assert!(settings.signs_entries());
+    /// // A previous key alone is an error: new entries need a current one.
+    /// let err = Cache::builder().signing_key_previous(&old).settings().unwrap_err();
+    /// assert!(err.to_string().contains("signing_key_previous"));
+    /// ```
+    pub fn signing_key_previous(mut self, hex: &str) -> Self {
+        let parsed = SecretKey::parse(BUILDER_KEYS.signing_previous, hex, None).map(|key| {
+            self.settings.keys.signing_previous = Some(key);
+        });
+        self.keep(parsed)
+    }
+
+    /// Seals every value with this key (`CACHE_ENCRYPTION_KEY`), given as exactly
+    /// 64 hex digits (32 bytes; `openssl rand -hex 32`): XChaCha20-Poly1305 with a
+    /// random nonce per entry, so a Redis dump or a shared Redis shows nothing of
+    /// the values. Only entries sealed with it or with
+    /// [`encryption_key_previous`](CacheBuilder::encryption_key_previous) for the
+    /// same full key are served; anything else is a miss counted in `unverified`.
+    ///
+    /// Use a key other than the signing key (the same one is refused).
+    ///
+    /// ```
+    /// # async fn demo() -> aside::Result<()> {
+    /// use std::time::Duration;
+    /// use aside::Cache;
+    ///
+    /// let key = "c4".repeat(32); // in production: from a secret store
+    /// let cache = Cache::builder().encryption_key(&key).build().await?;
+    /// cache.set_json("email", &"ada@example.com", Duration::from_secs(60)).await?;
+    /// assert_eq!(cache.get_json::<String>("email").await?.as_deref(), Some("ada@example.com"));
+    /// assert!(cache.settings().encrypts_entries());
+    ///
+    /// let err = Cache::builder().encryption_key(&"c4".repeat(16)).build().await.unwrap_err();
+    /// assert!(err.to_string().contains("encryption_key"));
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub fn encryption_key(mut self, hex: &str) -> Self {
+        let parsed = SecretKey::parse(BUILDER_KEYS.encryption, hex, Some(Keys::ENCRYPTION_KEY_BYTES)).map(|key| {
+            self.settings.keys.encryption = Some(key);
+        });
+        self.keep(parsed)
+    }
+
+    /// During a rotation, also opens entries sealed with this key
+    /// (`CACHE_ENCRYPTION_KEY_PREVIOUS`); new entries are sealed with
+    /// [`encryption_key`](CacheBuilder::encryption_key), which must be set too.
+    ///
+    /// ```
+    /// # async fn demo() -> aside::Result<()> {
+    /// use aside::Cache;
+    ///
+    /// let (old, new) = ("0a".repeat(32), "0b".repeat(32));
+    /// let settings = Cache::builder().encryption_key(&new).encryption_key_previous(&old).settings()?;
+    /// assert!(settings.encrypts_entries());
+    /// // A previous key alone is an error: new entries need a current one.
+    /// assert!(Cache::builder().encryption_key_previous(&old).settings().is_err());
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub fn encryption_key_previous(mut self, hex: &str) -> Self {
+        let parsed =
+            SecretKey::parse(BUILDER_KEYS.encryption_previous, hex, Some(Keys::ENCRYPTION_KEY_BYTES)).map(|key| {
+                self.settings.keys.encryption_previous = Some(key);
+            });
+        self.keep(parsed)
+    }
+
     /// The settings so far.
     ///
     /// # Errors
     ///
-    /// The first invalid value given to the builder.
+    /// The first invalid value given to the builder; a previous key without a
+    /// current one, or one key given for both signing and encryption; `tiered`
+    /// without a Redis URL.
     pub fn settings(mut self) -> Result<Settings> {
         if let Some(error) = self.error {
             return Err(error);
@@ -199,6 +320,7 @@ impl CacheBuilder {
                 }
             };
         }
+        self.settings.keys.check(&BUILDER_KEYS)?;
         Ok(self.settings)
     }
 

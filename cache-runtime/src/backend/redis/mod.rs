@@ -599,7 +599,8 @@ impl RedisStore {
                         .arg(entries.len())
                         .arg(crate::entry::MAGIC)
                         .arg(crate::entry::STAMP_AT)
-                        .arg(channel);
+                        .arg(channel)
+                        .arg(&crate::entry::PLAIN_FORMATS[..]);
                     invocation.invoke_async::<u64>(&mut conn).await
                 })
                 .await

@@ -189,10 +189,12 @@ return removed
 });
 
 /// KEYS: `n` entries, their `n` leases in the same order. ARGV: `n`, the
-/// entries' magic byte, the offset of their fresh-until stamp, channel.
+/// entries' magic byte, the offset of their fresh-until stamp, channel, the
+/// format bytes of plain entries (whose stamp may be changed in place).
 /// Soft invalidation: zeroes each entry's fresh-until stamp, so it is stale at
 /// once (value and TTL kept: served within its `stale` window while one caller
-/// refreshes it); a key that is not an entry is deleted. Revokes the leases
+/// refreshes it); a key that is not a plain entry (a signed or sealed one, whose
+/// stamp only its keys could rewrite) is deleted. Revokes the leases
 /// (computations in flight store nothing) and announces the entries. Returns
 /// how many entries existed.
 pub(crate) static EXPIRE_BATCH: LazyLock<Script> = LazyLock::new(|| {
@@ -204,10 +206,10 @@ local at = tonumber(ARGV[3])
 local zeros = string.rep('\0', 8)
 local found = 0
 for i = 1, n do
-  local head = redis.call('GETRANGE', KEYS[i], 0, 0)
+  local head = redis.call('GETRANGE', KEYS[i], 0, 1)
   if head ~= '' then
     found = found + 1
-    if string.byte(head) == magic then
+    if string.byte(head, 1) == magic and #head == 2 and string.find(ARGV[5], string.sub(head, 2, 2), 1, true) then
       redis.call('SETRANGE', KEYS[i], at, zeros)
     else
       redis.call('DEL', KEYS[i])

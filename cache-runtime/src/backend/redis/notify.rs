@@ -1,7 +1,9 @@
 //! The one pub/sub subscriber of a Redis store: it hears every "entry stored"
 //! announcement of the cache's namespace and wakes the local waiters of that
 //! entry. On Redis Cluster, `PUBLISH` reaches every node, so one subscription to
-//! any node hears the whole cluster.
+//! any node hears the whole cluster. Under Redis Sentinel it subscribes on the
+//! master the sentinels name (replicas hear announcements too: `PUBLISH` is
+//! replicated), asking them again whenever the subscription is lost.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,10 +14,20 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::backend::Wake;
+use crate::config::SentinelTarget;
+
+/// Where the subscriber connects. Holds credentials: never logged.
+#[derive(Clone)]
+pub(crate) enum Source {
+    /// These nodes' URLs, one after another when one fails.
+    Nodes(Vec<String>),
+    /// The master the sentinels name at each (re)connection.
+    Sentinel(Arc<SentinelTarget>),
+}
 
 /// The subscriber: started on the first wait, reconnecting by itself.
 pub(crate) struct Listener {
-    urls: Vec<String>,
+    source: Source,
     tls_ca: Option<Arc<Vec<u8>>>,
     channel: String,
     waiters: Arc<dyn Wake>,
@@ -34,15 +46,15 @@ impl std::fmt::Debug for Listener {
 }
 
 impl Listener {
-    /// `urls` carry credentials; they are never logged.
+    /// `source` carries credentials; they are never logged.
     pub(crate) fn new(
-        urls: Vec<String>,
+        source: Source,
         tls_ca: Option<Arc<Vec<u8>>>,
         channel: String,
         waiters: Arc<dyn Wake>,
     ) -> Listener {
         Listener {
-            urls,
+            source,
             tls_ca,
             channel,
             waiters,
@@ -58,7 +70,7 @@ impl Listener {
     pub(crate) async fn ready(&self, limit: Duration) {
         if !self.started.swap(true, Ordering::AcqRel) {
             let task = tokio::spawn(run(
-                self.urls.clone(),
+                self.source.clone(),
                 self.tls_ca.clone(),
                 self.channel.clone(),
                 Arc::clone(&self.waiters),
@@ -80,15 +92,19 @@ impl Drop for Listener {
 }
 
 async fn run(
-    urls: Vec<String>,
+    source: Source,
     tls_ca: Option<Arc<Vec<u8>>>,
     channel: String,
     waiters: Arc<dyn Wake>,
     subscribed: watch::Sender<bool>,
 ) {
     let mut backoff = Duration::from_millis(50);
-    for url in urls.iter().cycle() {
-        match subscribe(url, tls_ca.as_deref(), &channel).await {
+    for attempt in 0.. {
+        let client = match &source {
+            Source::Nodes(urls) => super::client(&urls[attempt % urls.len()], tls_ca.as_deref()),
+            Source::Sentinel(target) => super::sentinel::master(target, tls_ca.as_deref()).await,
+        };
+        match subscribe(client, &channel).await {
             Ok(pubsub) => {
                 backoff = Duration::from_millis(50);
                 subscribed.send_replace(true);
@@ -111,8 +127,8 @@ async fn run(
     }
 }
 
-async fn subscribe(url: &str, tls_ca: Option<&Vec<u8>>, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
-    let client = super::client(url, tls_ca)?;
+async fn subscribe(client: redis::RedisResult<redis::Client>, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
+    let client = client?;
     let mut pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
         .await
         .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "subscribe timed out")))??;

@@ -1,0 +1,242 @@
+//! Redis Sentinel (`REDIS_URL=redis+sentinel://...`): a cache on a
+//! sentinel-managed master caches there, and follows a failover — calls keep
+//! returning their values while the master changes (fail-open, guarantee 7)
+//! and caching resumes on the new master by itself; invalidation works there.
+//!
+//! Each test starts its own master, replica and three sentinels
+//! (`aside_testkit::RedisSentinel`) and reads keys back from whichever node the
+//! sentinels name as master. Waits are bounded (`until`, 30 s); how long calls
+//! fell back to computing during the failover is printed (`--nocapture`),
+//! never asserted.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aside::{cached, Cache, CacheStatus, Policy};
+use aside_testkit::{RedisSentinel, RedisServer};
+
+/// Tasks calling cached functions while the master changes.
+const CALLERS: u64 = 4;
+/// Keys each caller cycles through, so that most calls are hits once warm.
+const KEYS: u64 = 16;
+
+#[cached(ttl = 300, skip(cache, runs), cache = cache)]
+async fn square(cache: &Cache, runs: &AtomicU64, n: u64) -> Result<u64, String> {
+    runs.fetch_add(1, Ordering::SeqCst);
+    Ok(n * n)
+}
+
+async fn connect(set: &RedisSentinel) -> Cache {
+    Cache::builder()
+        .redis_url(&set.url())
+        .build()
+        .await
+        .expect("the cache finds the master through the sentinels")
+}
+
+/// The key's remaining lifetime on `node`, read over a plain connection.
+fn pttl(node: &RedisServer, key: &str) -> i64 {
+    redis::cmd("PTTL")
+        .arg(key)
+        .query(&mut node.connection())
+        .expect("PTTL over a plain connection")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_on_the_sentinel_url_caches_on_the_master() {
+    let set = RedisSentinel::start();
+    let cache = connect(&set).await;
+    let runs = AtomicU64::new(0);
+
+    assert_eq!(square_with_status(&cache, &runs, 7).await, (Ok(49), CacheStatus::Miss));
+    assert_eq!(square_with_status(&cache, &runs, 7).await, (Ok(49), CacheStatus::Hit));
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the hit ran no computation");
+
+    let key = square_key(&cache, 7);
+    let ttl = pttl(set.master(), &key);
+    assert!(
+        ttl > 290_000 && ttl <= 300_000,
+        "stored on the master with its TTL: {ttl} ms"
+    );
+
+    assert!(square_invalidate(&cache, 7).await.unwrap(), "the entry existed");
+    assert_eq!(pttl(set.master(), &key), -2, "gone from the master");
+    assert_eq!(square(&cache, &runs, 7).await, Ok(49));
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "an invalidated entry is computed again");
+    assert_eq!(cache.stats().total.backend_errors, 0);
+}
+
+/// What the callers saw, each call's status with when it returned.
+#[derive(Default)]
+struct Seen {
+    calls: Vec<(Instant, CacheStatus)>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_under_load_returns_every_value_and_caching_resumes_on_the_new_master() {
+    let set = Arc::new(RedisSentinel::start());
+    let old_master = set.master().port();
+    let cache = connect(&set).await;
+    let runs = Arc::new(AtomicU64::new(0));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let by_hand = Policy::new(Duration::from_secs(300)).function("sentinel:by_hand");
+
+    let fresh_runs = Arc::new(AtomicU64::new(0));
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|caller| {
+            let (cache, runs, fresh_runs, seen, stop, by_hand) = (
+                cache.clone(),
+                Arc::clone(&runs),
+                Arc::clone(&fresh_runs),
+                Arc::clone(&seen),
+                Arc::clone(&stop),
+                by_hand.clone(),
+            );
+            tokio::spawn(async move {
+                let mut calls = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    // A key of the warm set: a hit, a read.
+                    let n = (calls + caller) % KEYS;
+                    let (value, status) = square_with_status(&cache, &runs, n).await;
+                    assert_eq!(value, Ok(n * n), "every call returns its value");
+                    seen.lock().unwrap().calls.push((Instant::now(), status));
+                    // A key never used before: a miss, which takes the lease and
+                    // stores (scripts that must reach the master).
+                    let n = KEYS + 1_000_000 * (caller + 1) + calls;
+                    let (value, status) = square_with_status(&cache, &fresh_runs, n).await;
+                    assert_eq!(value, Ok(n * n), "every call returns its value");
+                    seen.lock().unwrap().calls.push((Instant::now(), status));
+                    let n = calls % KEYS;
+                    let doubled: Result<u64, String> = cache
+                        .get_or_compute(format!("double:{n}"), &by_hand, || async { Ok(2 * n) })
+                        .await;
+                    assert_eq!(doubled, Ok(2 * n), "every by-hand call returns its value");
+                    calls += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                calls
+            })
+        })
+        .collect();
+
+    // Warm: every key stored and served from the first master.
+    aside_testkit::until("every key is a hit on the first master", || {
+        seen.lock()
+            .unwrap()
+            .calls
+            .iter()
+            .filter(|(_, s)| *s == CacheStatus::Hit)
+            .count()
+            > (CALLERS * KEYS) as usize
+    })
+    .await;
+    let warm_runs = runs.load(Ordering::SeqCst);
+    assert_eq!(warm_runs, KEYS, "one computation per warm key before the failover");
+
+    let started = Instant::now();
+    let new_master = {
+        let set = Arc::clone(&set);
+        tokio::task::spawn_blocking(move || set.failover().port())
+            .await
+            .expect("the failover completes")
+    };
+    let failed_over = Instant::now();
+    assert_ne!(new_master, old_master);
+    assert_eq!(set.master().port(), new_master);
+
+    // Caching resumes on the new master by itself: a key no caller uses is
+    // stored there, and then hit.
+    let fresh = 1_000;
+    let key = square_key(&cache, fresh);
+    let probe_runs = AtomicU64::new(0);
+    let mut resumed = None;
+    while resumed.is_none() {
+        assert_eq!(square(&cache, &probe_runs, fresh).await, Ok(fresh * fresh));
+        if pttl(set.master(), &key) > 0 {
+            let before = probe_runs.load(Ordering::SeqCst);
+            let (value, status) = square_with_status(&cache, &probe_runs, fresh).await;
+            assert_eq!(value, Ok(fresh * fresh));
+            if status == CacheStatus::Hit && probe_runs.load(Ordering::SeqCst) == before {
+                resumed = Some(Instant::now());
+            }
+        }
+        assert!(
+            failed_over.elapsed() < aside_testkit::STUCK,
+            "caching did not resume on the new master; stats {:?}",
+            cache.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let resumed = resumed.expect("set above");
+
+    // The callers' keys are served from the new master too.
+    let before = runs.load(Ordering::SeqCst);
+    let settled = seen.lock().unwrap().calls.len();
+    aside_testkit::until("the callers hit every key on the new master", || {
+        let seen = seen.lock().unwrap();
+        seen.calls[settled..]
+            .iter()
+            .filter(|(_, s)| *s == CacheStatus::Hit)
+            .count()
+            > (CALLERS * KEYS) as usize
+    })
+    .await;
+    let square_key_of_one = square_key(&cache, 1);
+    assert!(
+        pttl(set.master(), &square_key_of_one) > 0,
+        "the callers' entries live on the new master"
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    let mut calls = 0;
+    for caller in callers {
+        calls += caller.await.expect("no caller panicked: every call returned its value");
+    }
+
+    // Invalidation after the failover reaches the new master.
+    assert!(square_invalidate(&cache, fresh).await.unwrap(), "the entry existed");
+    assert_eq!(pttl(set.master(), &key), -2, "invalidated on the new master");
+    let before_recompute = probe_runs.load(Ordering::SeqCst);
+    assert_eq!(square(&cache, &probe_runs, fresh).await, Ok(fresh * fresh));
+    assert_eq!(
+        probe_runs.load(Ordering::SeqCst),
+        before_recompute + 1,
+        "computed again after it"
+    );
+
+    let seen = seen.lock().unwrap();
+    let bypassed: Vec<Instant> = seen
+        .calls
+        .iter()
+        .filter(|(_, s)| *s == CacheStatus::Bypassed)
+        .map(|(at, _)| *at)
+        .collect();
+    let window = match (bypassed.first(), bypassed.last()) {
+        (Some(first), Some(last)) => format!(
+            "from {:?} to {:?} after the failover began",
+            first.saturating_duration_since(started),
+            last.saturating_duration_since(started)
+        ),
+        _ => "never".to_owned(),
+    };
+    let warm_recomputed = runs.load(Ordering::SeqCst) - warm_runs;
+    println!(
+        "failover: {calls} caller rounds ({} cached-function calls); the failover took {:?}; \
+         {} calls fell back to computing, {window}; caching resumed {:?} after it was over; \
+         warm keys computed again {warm_recomputed} times ({} since it resumed), new keys computed {} times; stats {:?}",
+        seen.calls.len(),
+        failed_over - started,
+        bypassed.len(),
+        resumed.saturating_duration_since(failed_over),
+        runs.load(Ordering::SeqCst) - before,
+        fresh_runs.load(Ordering::SeqCst),
+        cache.stats().total,
+    );
+    assert_eq!(
+        runs.load(Ordering::SeqCst) - before,
+        0,
+        "once caching resumed, the warm keys are hits on the new master"
+    );
+}

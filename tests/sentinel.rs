@@ -240,3 +240,93 @@ async fn a_failover_under_load_returns_every_value_and_caching_resumes_on_the_ne
         "once caching resumed, the warm keys are hits on the new master"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_master_fails_open_and_caching_resumes_on_the_promoted_replica() {
+    let mut set = RedisSentinel::start();
+    let cache = connect(&set).await;
+    let runs = Arc::new(AtomicU64::new(0));
+    assert_eq!(square(&cache, &runs, 3).await, Ok(9));
+    assert_eq!(square_with_status(&cache, &runs, 3).await, (Ok(9), CacheStatus::Hit));
+    // Replicated before the master dies, so the promoted replica holds it.
+    aside_testkit::until("the entry reaches the replica", || {
+        pttl(set.replica(), &square_key(&cache, 3)) > 0
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let caller = {
+        let (cache, runs, stop) = (cache.clone(), Arc::clone(&runs), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut bypassed = Vec::new();
+            let mut n = 100;
+            while !stop.load(Ordering::SeqCst) {
+                let (value, status) = square_with_status(&cache, &runs, n).await;
+                assert_eq!(
+                    value,
+                    Ok(n * n),
+                    "every call returns its value while the master is dead"
+                );
+                if status == CacheStatus::Bypassed {
+                    bypassed.push(Instant::now());
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            bypassed
+        })
+    };
+    let started = Instant::now();
+    let set = tokio::task::spawn_blocking(move || {
+        set.kill_master();
+        set
+    })
+    .await
+    .expect("a replica is promoted");
+    let promoted = Instant::now();
+
+    // Caching resumes on the promoted replica by itself: the entry written
+    // before the master died is a hit, and a new one is stored there.
+    let probe_runs = AtomicU64::new(0);
+    let key = square_key(&cache, 7);
+    loop {
+        let (value, status) = square_with_status(&cache, &runs, 3).await;
+        assert_eq!(value, Ok(9));
+        assert_eq!(square(&cache, &probe_runs, 7).await, Ok(49));
+        if status == CacheStatus::Hit && pttl(set.master(), &key) > 0 {
+            break;
+        }
+        assert!(
+            promoted.elapsed() < aside_testkit::STUCK,
+            "caching did not resume on the promoted replica; stats {:?}",
+            cache.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let resumed = Instant::now();
+    let before = probe_runs.load(Ordering::SeqCst);
+    assert_eq!(
+        square_with_status(&cache, &probe_runs, 7).await,
+        (Ok(49), CacheStatus::Hit)
+    );
+    assert_eq!(probe_runs.load(Ordering::SeqCst), before, "a hit on the new master");
+    assert!(
+        square_invalidate(&cache, 7).await.unwrap(),
+        "invalidated on the new master"
+    );
+    assert_eq!(pttl(set.master(), &key), -2);
+
+    stop.store(true, Ordering::SeqCst);
+    let bypassed = caller.await.expect("every call returned its value");
+    println!(
+        "dead master: promoted {:?} after the kill; {} calls fell back to computing, the last {:?} after the kill; \
+         caching resumed {:?} after the promotion; the breaker opened {} times and skipped Redis {} times; stats {:?}",
+        promoted - started,
+        bypassed.len(),
+        bypassed.last().map(|at| at.saturating_duration_since(started)),
+        resumed.saturating_duration_since(promoted),
+        cache.stats().breaker_opened,
+        cache.stats().breaker_skips,
+        cache.stats().total,
+    );
+}

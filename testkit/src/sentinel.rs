@@ -25,11 +25,14 @@ const FAILOVER_TIMEOUT_MS: u64 = 5000;
 /// claimed so for 4 publish periods without the sentinel hearing of a
 /// promotion, and the leader needs up to a second (its fixed `INFO` period
 /// during a failover) to confirm one; with 200 ms the other sentinels demoted
-/// the replica being promoted. `SENTINEL DEBUG` exists since Redis 7.0; older
-/// sentinels keep their defaults, which only makes starting and failing over slower.
+/// the replica being promoted. Nor the ping period: with the master down, a
+/// replica's `INFO` counts as current for 5 ping periods while it is polled
+/// once a second, so with 100 ms no replica was ever good enough to promote.
+/// `SENTINEL DEBUG` exists since Redis 7.0; older sentinels keep their
+/// defaults, which only makes starting and failing over slower.
 const DEBUG_PERIODS: [(&str, u64); 4] = [
     ("info-period", 100),
-    ("ping-period", 100),
+    ("ping-period", 500),
     ("ask-period", 100),
     ("publish-period", 750),
 ];
@@ -220,6 +223,43 @@ impl RedisSentinel {
         });
         *failed_over = Some(Instant::now());
         self.node(new)
+    }
+
+    /// Kills the master (`SIGKILL`) and waits until the sentinels have noticed
+    /// (after `down-after-milliseconds`, 5 s), agreed and promoted the replica,
+    /// every sentinel names it and it accepts writes. Returns the new master;
+    /// the old one stays down (it is in [`nodes`](Self::nodes), stopped).
+    ///
+    /// # Panics
+    ///
+    /// When no new master takes writes within 30 s.
+    pub fn kill_master(&mut self) -> &RedisServer {
+        let old = self.master().port();
+        let deadline = Instant::now() + DEADLINE;
+        self.nodes
+            .iter_mut()
+            .find(|node| node.port() == old)
+            .expect("the master is a node of this set")
+            .stop();
+        self.wait_for(
+            "the sentinels to promote the replica of a dead master",
+            deadline,
+            || {
+                let ports: Vec<Option<u16>> = self.sentinels.iter().map(master_port).collect();
+                let Some(Some(new)) = ports.first().copied() else {
+                    return false;
+                };
+                new != old
+                    && ports.iter().all(|port| *port == Some(new))
+                    && redis::cmd("SET")
+                        .arg("aside-testkit:failover")
+                        .arg(new)
+                        .query::<()>(&mut self.node(new).connection())
+                        .is_ok()
+            },
+        );
+        *self.failed_over.get_mut().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        self.master()
     }
 
     fn node(&self, port: u16) -> &RedisServer {

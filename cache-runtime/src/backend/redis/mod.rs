@@ -165,6 +165,9 @@ pub(crate) struct RedisStore {
     connection: std::sync::RwLock<Arc<OnceCell<Connection>>>,
     /// Under Redis Sentinel: the sentinels' announcements of a new master.
     switches: Option<sentinel::Watch>,
+    /// The count of switches the breaker last heard of: a new master is worth
+    /// probing at once, without waiting out the backoff the old one earned.
+    switches_probed: std::sync::atomic::AtomicU64,
     breaker: Breaker,
     channel: String,
     listener: notify::Listener,
@@ -205,6 +208,7 @@ impl RedisStore {
             op_timeout: settings.op_timeout,
             connection: std::sync::RwLock::default(),
             switches,
+            switches_probed: std::sync::atomic::AtomicU64::new(0),
             breaker: Breaker::default(),
             channel,
             listener,
@@ -388,6 +392,16 @@ impl RedisStore {
         F: FnOnce(Connection) -> Fut,
         Fut: std::future::Future<Output = RedisResult<T>>,
     {
+        if let Some(watch) = &self.switches {
+            let switches = watch.switches();
+            if self
+                .switches_probed
+                .swap(switches, std::sync::atomic::Ordering::Relaxed)
+                != switches
+            {
+                self.breaker.probe_now();
+            }
+        }
         let Some(permit) = self.breaker.allow() else {
             // Skipping Redis touches no tokio resource, so a loop of skipped
             // calls would never yield: it could starve the very task whose

@@ -30,7 +30,7 @@ pub const TTL_CEILING: Duration = Duration::from_secs(24 * 60 * 60);
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BackendKind {
-    /// Redis, single node or cluster.
+    /// Redis: a single node, a cluster, or a master managed by Redis Sentinel.
     Redis(RedisTarget),
     /// The in-process memory store (moka).
     Memory,

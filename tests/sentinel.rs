@@ -330,3 +330,51 @@ async fn a_dead_master_fails_open_and_caching_resumes_on_the_promoted_replica() 
         cache.stats().total,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_protected_set_caches_across_a_failover_and_the_password_never_shows() {
+    const PASSWORD: &str = "hunter2-of-the-set";
+    let set = RedisSentinel::start_with_password(PASSWORD);
+    assert!(set.url().contains(PASSWORD));
+
+    let wrong = Cache::builder()
+        .redis_url(&set.url().replace(PASSWORD, "not-the-password"))
+        .build()
+        .await
+        .expect_err("a wrong password fails at build");
+    let text = format!("{wrong} {wrong:?}");
+    assert!(matches!(wrong, aside::Error::Connect { .. }), "{text}");
+    assert!(!text.contains("not-the-password"), "{text}");
+
+    let cache = connect(&set).await;
+    assert!(!format!("{cache:?}").contains(PASSWORD));
+    let runs = AtomicU64::new(0);
+    assert_eq!(square(&cache, &runs, 5).await, Ok(25));
+    assert_eq!(square_with_status(&cache, &runs, 5).await, (Ok(25), CacheStatus::Hit));
+    assert!(pttl(set.master(), &square_key(&cache, 5)) > 0, "stored on the master");
+
+    // The demoted master authenticates to the new one (masterauth), and the
+    // cache finds and authenticates to the new master.
+    let set = Arc::new(set);
+    tokio::task::spawn_blocking({
+        let set = Arc::clone(&set);
+        move || set.failover().port()
+    })
+    .await
+    .expect("the failover completes");
+    let key = square_key(&cache, 6);
+    let deadline = Instant::now() + aside_testkit::STUCK;
+    while pttl(set.master(), &key) <= 0 {
+        assert_eq!(square(&cache, &runs, 6).await, Ok(36));
+        assert!(
+            Instant::now() < deadline,
+            "nothing stored on the new master; {:?}",
+            cache.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = runs.load(Ordering::SeqCst);
+    assert_eq!(square_with_status(&cache, &runs, 6).await, (Ok(36), CacheStatus::Hit));
+    assert_eq!(square_with_status(&cache, &runs, 5).await, (Ok(25), CacheStatus::Hit));
+    assert_eq!(runs.load(Ordering::SeqCst), before, "both served by the new master");
+}

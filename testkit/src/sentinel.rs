@@ -74,6 +74,8 @@ pub struct RedisSentinel {
     nodes: Vec<RedisServer>,
     /// When the last failover was over.
     failed_over: Mutex<Option<Instant>>,
+    /// The data nodes' `requirepass` (the sentinels have none).
+    password: Option<String>,
 }
 
 impl RedisSentinel {
@@ -86,10 +88,35 @@ impl RedisSentinel {
     ///
     /// When `redis-server` is not installed, or the set is not ready within 30 s.
     pub fn start() -> RedisSentinel {
+        Self::launch(None)
+    }
+
+    /// As [`start`](Self::start), with `password` required by the master and
+    /// the replica (`requirepass`, and `masterauth` so that either can sync
+    /// from the other; the sentinels get it as `auth-pass`). The sentinels
+    /// themselves need none. [`url`](Self::url) carries it.
+    ///
+    /// ```no_run
+    /// let set = aside_testkit::RedisSentinel::start_with_password("s3cret");
+    /// assert!(set.url().starts_with("redis+sentinel://:s3cret@127.0.0.1:"));
+    /// ```
+    pub fn start_with_password(password: &str) -> RedisSentinel {
+        Self::launch(Some(password.to_owned()))
+    }
+
+    fn launch(password: Option<String>) -> RedisSentinel {
         let deadline = Instant::now() + DEADLINE;
         // A replica's full sync starts at once, not after the default 5 s
         // wait for more replicas: after a failover the demoted master syncs.
-        let node = || ServerOptions::new().args(["--repl-diskless-sync-delay", "0"]);
+        let node = || {
+            let options = ServerOptions::new().args(["--repl-diskless-sync-delay", "0"]);
+            match &password {
+                Some(password) => options
+                    .password(password.clone())
+                    .args(["--masterauth", password.as_str()]),
+                None => options,
+            }
+        };
         let master = RedisServer::start_with(node());
         let replica = RedisServer::start_with(node().args([
             "--replicaof".to_owned(),
@@ -100,8 +127,12 @@ impl RedisSentinel {
             "sentinel monitor {MASTER_NAME} 127.0.0.1 {port} {QUORUM}\n\
              sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n\
              sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}\n\
-             sentinel parallel-syncs {MASTER_NAME} 1\n",
-            port = master.port()
+             sentinel parallel-syncs {MASTER_NAME} 1\n{auth}",
+            port = master.port(),
+            auth = password
+                .as_ref()
+                .map(|password| format!("sentinel auth-pass {MASTER_NAME} {password}\n"))
+                .unwrap_or_default(),
         );
         let sentinels: Vec<RedisServer> = (0..SENTINELS)
             .map(|_| RedisServer::start_with(ServerOptions::new().sentinel_mode(conf.clone())))
@@ -119,6 +150,7 @@ impl RedisSentinel {
             sentinels,
             nodes: vec![master, replica],
             failed_over: Mutex::new(None),
+            password,
         };
         set.wait_for("the replica to sync and every sentinel to know it", deadline, || {
             set.settled(set.nodes[0].port())
@@ -126,14 +158,19 @@ impl RedisSentinel {
         set
     }
 
-    /// `redis+sentinel://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/aside-test`.
+    /// `redis+sentinel://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/aside-test`, with
+    /// `:PASSWORD@` before the hosts for [`start_with_password`](Self::start_with_password).
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .sentinels
             .iter()
             .map(|s| format!("127.0.0.1:{}", s.port()))
             .collect();
-        format!("redis+sentinel://{}/{MASTER_NAME}", hosts.join(","))
+        let auth = match &self.password {
+            Some(password) => format!(":{}@", crate::server::encode_userinfo(password)),
+            None => String::new(),
+        };
+        format!("redis+sentinel://{auth}{}/{MASTER_NAME}", hosts.join(","))
     }
 
     /// The name the sentinels monitor the master under.

@@ -778,7 +778,7 @@ pub(crate) fn log_tail(dir: &Path) -> String {
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
-fn encode_userinfo(value: &str) -> String {
+pub(crate) fn encode_userinfo(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {

@@ -219,3 +219,29 @@ async fn subscribe(
     pubsub.subscribe(SWITCH_CHANNEL).await?;
     Ok(pubsub)
 }
+
+#[cfg(test)]
+mod tests {
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+    use super::switching;
+
+    #[test]
+    fn a_replica_a_resyncing_node_or_a_lost_connection_means_asking_the_sentinels_again() {
+        for kind in [
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
+            ErrorKind::Server(ServerErrorKind::MasterDown),
+            ErrorKind::Server(ServerErrorKind::BusyLoading),
+            ErrorKind::Io,
+        ] {
+            assert!(switching(&RedisError::from((kind, "from the node"))), "{kind:?}");
+        }
+        for kind in [
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            ErrorKind::Server(ServerErrorKind::NoScript),
+            ErrorKind::UnexpectedReturnType,
+        ] {
+            assert!(!switching(&RedisError::from((kind, "from the node"))), "{kind:?}");
+        }
+    }
+}

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aside::{cached, Cache, CacheStatus, Policy};
-use aside_testkit::{RedisSentinel, RedisServer};
+use aside_testkit::{RedisSentinel, RedisServer, SentinelOptions};
 
 /// Tasks calling cached functions while the master changes.
 const CALLERS: u64 = 4;
@@ -75,7 +75,27 @@ struct Seen {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_under_load_returns_every_value_and_caching_resumes_on_the_new_master() {
-    let set = Arc::new(RedisSentinel::start());
+    fail_over_under_load(RedisSentinel::start(), "failover").await;
+}
+
+/// The same without the sentinels' announcements: their ACL user may ask
+/// for the master but not subscribe to `+switch-master`, so the cache learns
+/// of the failover only from the old master (its connection cut when the
+/// sentinels demote it, or `READONLY`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_sentinels_announcements_a_failover_is_followed_through_the_old_master() {
+    let set =
+        RedisSentinel::start_with(SentinelOptions::new().sentinel_user("watcher", "watch-pw", "+@all resetchannels"));
+    assert!(set.url().contains("sentinel_password=watch-pw"));
+    fail_over_under_load(set, "failover without announcements").await;
+}
+
+/// Several tasks call cached functions while `set` fails over: every call
+/// returns its value, caching resumes on the new master by itself (a new entry
+/// stored there and hit; the warm keys hit there without being computed
+/// again), and invalidation works there. Prints what the callers saw.
+async fn fail_over_under_load(set: RedisSentinel, what: &str) {
+    let set = Arc::new(set);
     let old_master = set.master().port();
     let cache = connect(&set).await;
     let runs = Arc::new(AtomicU64::new(0));
@@ -223,7 +243,7 @@ async fn a_failover_under_load_returns_every_value_and_caching_resumes_on_the_ne
     };
     let warm_recomputed = runs.load(Ordering::SeqCst) - warm_runs;
     println!(
-        "failover: {calls} caller rounds ({} cached-function calls); the failover took {:?}; \
+        "{what}: {calls} caller rounds ({} cached-function calls); the failover took {:?}; \
          {} calls fell back to computing, {window}; caching resumed {:?} after it was over; \
          warm keys computed again {warm_recomputed} times ({} since it resumed), new keys computed {} times; stats {:?}",
         seen.calls.len(),
@@ -334,7 +354,7 @@ async fn a_dead_master_fails_open_and_caching_resumes_on_the_promoted_replica() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_protected_set_caches_across_a_failover_and_the_password_never_shows() {
     const PASSWORD: &str = "hunter2-of-the-set";
-    let set = RedisSentinel::start_with_password(PASSWORD);
+    let set = RedisSentinel::start_with(SentinelOptions::new().password(PASSWORD));
     assert!(set.url().contains(PASSWORD));
 
     let wrong = Cache::builder()

@@ -63,7 +63,7 @@ pub use binary::{redis_cli_binary, redis_server_binary};
 pub use children::{child_env, child_runtime, ChildOutput, Children};
 pub use cluster::{key_slot, RedisCluster};
 pub use proxy::{ProxyMode, TcpProxy};
-pub use sentinel::RedisSentinel;
+pub use sentinel::{RedisSentinel, SentinelOptions};
 pub use server::{RedisServer, ServerOptions};
 pub use tls::openssl_binary;
 pub use until::{until, STUCK};

@@ -5,7 +5,7 @@ use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::server::{RedisServer, ServerOptions};
+use crate::server::{encode_userinfo, RedisServer, ServerOptions};
 
 /// The name the sentinels monitor the master under.
 const MASTER_NAME: &str = "aside-test";
@@ -74,8 +74,55 @@ pub struct RedisSentinel {
     nodes: Vec<RedisServer>,
     /// When the last failover was over.
     failed_over: Mutex<Option<Instant>>,
-    /// The data nodes' `requirepass` (the sentinels have none).
+    options: SentinelOptions,
+}
+
+/// How to configure a [`RedisSentinel`]: the data nodes' password, an ACL user
+/// of the sentinels. The default is open nodes and open sentinels.
+///
+/// ```no_run
+/// use aside_testkit::{RedisSentinel, SentinelOptions};
+///
+/// let set = RedisSentinel::start_with(
+///     SentinelOptions::new()
+///         .password("s3cret")
+///         .sentinel_user("watcher", "pw", "+@all resetchannels"),
+/// );
+/// assert!(set.url().ends_with("?sentinel_username=watcher&sentinel_password=pw"));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct SentinelOptions {
     password: Option<String>,
+    sentinel_user: Option<(String, String, String)>,
+}
+
+impl SentinelOptions {
+    /// Open nodes and sentinels; the same as `SentinelOptions::default()`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The master and the replica require `password` (`requirepass`, and
+    /// `masterauth` so that either can sync from the other; the sentinels get
+    /// it as `auth-pass`). [`RedisSentinel::url`] carries it before the hosts.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Adds an ACL user to every sentinel (`user NAME on >PASSWORD RULES`);
+    /// [`RedisSentinel::url`] then logs in to the sentinels as that user
+    /// (`?sentinel_username=&sentinel_password=`). With `resetchannels` in the
+    /// rules it may ask for the master but not subscribe to `+switch-master`.
+    pub fn sentinel_user(
+        mut self,
+        name: impl Into<String>,
+        password: impl Into<String>,
+        rules: impl Into<String>,
+    ) -> Self {
+        self.sentinel_user = Some((name.into(), password.into(), rules.into()));
+        self
+    }
 }
 
 impl RedisSentinel {
@@ -88,29 +135,25 @@ impl RedisSentinel {
     ///
     /// When `redis-server` is not installed, or the set is not ready within 30 s.
     pub fn start() -> RedisSentinel {
-        Self::launch(None)
+        Self::start_with(SentinelOptions::new())
     }
 
-    /// As [`start`](Self::start), with `password` required by the master and
-    /// the replica (`requirepass`, and `masterauth` so that either can sync
-    /// from the other; the sentinels get it as `auth-pass`). The sentinels
-    /// themselves need none. [`url`](Self::url) carries it.
+    /// As [`start`](Self::start), configured by `options`.
     ///
     /// ```no_run
-    /// let set = aside_testkit::RedisSentinel::start_with_password("s3cret");
+    /// use aside_testkit::{RedisSentinel, SentinelOptions};
+    ///
+    /// let set = RedisSentinel::start_with(SentinelOptions::new().password("s3cret"));
     /// assert!(set.url().starts_with("redis+sentinel://:s3cret@127.0.0.1:"));
     /// ```
-    pub fn start_with_password(password: &str) -> RedisSentinel {
-        Self::launch(Some(password.to_owned()))
-    }
-
-    fn launch(password: Option<String>) -> RedisSentinel {
+    pub fn start_with(options: SentinelOptions) -> RedisSentinel {
         let deadline = Instant::now() + DEADLINE;
+        let password = &options.password;
         // A replica's full sync starts at once, not after the default 5 s
         // wait for more replicas: after a failover the demoted master syncs.
         let node = || {
             let options = ServerOptions::new().args(["--repl-diskless-sync-delay", "0"]);
-            match &password {
+            match password {
                 Some(password) => options
                     .password(password.clone())
                     .args(["--masterauth", password.as_str()]),
@@ -127,11 +170,16 @@ impl RedisSentinel {
             "sentinel monitor {MASTER_NAME} 127.0.0.1 {port} {QUORUM}\n\
              sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n\
              sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}\n\
-             sentinel parallel-syncs {MASTER_NAME} 1\n{auth}",
+             sentinel parallel-syncs {MASTER_NAME} 1\n{auth}{user}",
             port = master.port(),
             auth = password
                 .as_ref()
                 .map(|password| format!("sentinel auth-pass {MASTER_NAME} {password}\n"))
+                .unwrap_or_default(),
+            user = options
+                .sentinel_user
+                .as_ref()
+                .map(|(name, password, rules)| format!("user {name} on >{password} {rules}\n"))
                 .unwrap_or_default(),
         );
         let sentinels: Vec<RedisServer> = (0..SENTINELS)
@@ -150,7 +198,7 @@ impl RedisSentinel {
             sentinels,
             nodes: vec![master, replica],
             failed_over: Mutex::new(None),
-            password,
+            options,
         };
         set.wait_for("the replica to sync and every sentinel to know it", deadline, || {
             set.settled(set.nodes[0].port())
@@ -159,18 +207,27 @@ impl RedisSentinel {
     }
 
     /// `redis+sentinel://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/aside-test`, with
-    /// `:PASSWORD@` before the hosts for [`start_with_password`](Self::start_with_password).
+    /// `:PASSWORD@` before the hosts and `?sentinel_username=U&sentinel_password=P`
+    /// after when [`SentinelOptions`] set them.
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .sentinels
             .iter()
             .map(|s| format!("127.0.0.1:{}", s.port()))
             .collect();
-        let auth = match &self.password {
-            Some(password) => format!(":{}@", crate::server::encode_userinfo(password)),
+        let auth = match &self.options.password {
+            Some(password) => format!(":{}@", encode_userinfo(password)),
             None => String::new(),
         };
-        format!("redis+sentinel://{auth}{}/{MASTER_NAME}", hosts.join(","))
+        let query = match &self.options.sentinel_user {
+            Some((name, password, _)) => format!(
+                "?sentinel_username={}&sentinel_password={}",
+                encode_userinfo(name),
+                encode_userinfo(password)
+            ),
+            None => String::new(),
+        };
+        format!("redis+sentinel://{auth}{}/{MASTER_NAME}{query}", hosts.join(","))
     }
 
     /// The name the sentinels monitor the master under.

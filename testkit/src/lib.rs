@@ -13,7 +13,9 @@
 //!   [`tls_ca_pem`](RedisServer::tls_ca_pem)) or raw arguments.
 //! - [`RedisCluster`]: three masters joined by `redis-cli --cluster create`.
 //! - [`RedisSentinel`]: a master, its replica and three sentinels
-//!   (`redis-server --sentinel`); [`failover`](RedisSentinel::failover) promotes the replica.
+//!   (`redis-server --sentinel`); [`failover`](RedisSentinel::failover) promotes the
+//!   replica, [`kill_master`](RedisSentinel::kill_master) lets the sentinels do it.
+//!   [`SentinelOptions`] adds a password to the data nodes or an ACL user to the sentinels.
 //! - [`TcpProxy`]: a proxy in front of a server whose [`ProxyMode`] simulates
 //!   partitions (blackhole) and connection resets.
 //! - [`Children`]: the test binary re-run as child processes, each running one

@@ -13,8 +13,9 @@ const MASTER_NAME: &str = "aside-test";
 const SENTINELS: usize = 3;
 const QUORUM: usize = 2;
 /// How long the master must be silent before a sentinel deems it down: low
-/// for a test, yet above the stalls of a loaded machine (with 2 s, a freshly
-/// promoted master was once deemed down and failed over again).
+/// for a test (a dead master's replica is promoted about a second after it),
+/// yet well above the stalls of a loaded machine, which would otherwise set
+/// off failovers nobody asked for.
 const DOWN_AFTER_MS: u64 = 5000;
 /// Sentinel's failover timeout (also the pause before it retries a failover).
 const FAILOVER_TIMEOUT_MS: u64 = 5000;

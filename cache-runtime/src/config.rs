@@ -3,7 +3,7 @@
 //!
 //! | variable | meaning | default |
 //! | --- | --- | --- |
-//! | `REDIS_URL` | `redis://`, `rediss://` (TLS), `redis+cluster://h1:p1,h2:p2` (`rediss+cluster://` for TLS) | unset: in-process memory backend |
+//! | `REDIS_URL` | `redis://`, `rediss://` (TLS), `redis+cluster://h1:p1,h2:p2` (`rediss+cluster://` for TLS), `redis+sentinel://[user:pw@]h1:p1,h2:p2/<master-name>[/<db>]` (see [`RedisTarget::parse`]) | unset: in-process memory backend |
 //! | `CACHE_BACKEND` | `redis`, `tiered` (Redis with a coherent in-process first tier), `memory`, `off` | `redis` if `REDIS_URL`, else `memory` |
 //! | `CACHE_NAMESPACE` | first key segment: letters, digits, `-`, `_`, `.` | `aside` |
 //! | `CACHE_KEY_VERSION` | namespace-wide version, at least 1 | `1` |
@@ -35,7 +35,7 @@ pub const TTL_CEILING: Duration = Duration::from_secs(24 * 60 * 60);
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BackendKind {
-    /// Redis, single node or cluster.
+    /// Redis: a single node, a cluster, or a master managed by Redis Sentinel.
     Redis(RedisTarget),
     /// Redis with a bounded first tier in process memory, kept coherent across
     /// processes (`CACHE_BACKEND=tiered`): a hit on a copy costs no round trip.
@@ -51,12 +51,51 @@ pub enum BackendKind {
 pub struct RedisTarget {
     url: String,
     redacted: String,
-    cluster_nodes: Option<Vec<String>>,
+    topology: Topology,
 }
+
+/// What a [`RedisTarget`] points at.
+#[derive(Clone, PartialEq, Eq)]
+enum Topology {
+    /// One server (`redis://`, `rediss://`, a Unix socket).
+    Node,
+    /// The per-node URLs of a Redis Cluster, with credentials.
+    Cluster(Vec<String>),
+    /// A master found through Redis Sentinel (shared by the store's
+    /// connection, its listener and its watch of the sentinels).
+    Sentinel(std::sync::Arc<SentinelTarget>),
+}
+
+/// The parts of a `redis+sentinel://` URL, decoded. Holds secrets: never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct SentinelTarget {
+    /// The sentinels' `(host, port)`, in the URL's order.
+    pub(crate) sentinels: Vec<(String, u16)>,
+    /// The name the sentinels monitor the master under.
+    pub(crate) master_name: String,
+    /// The data nodes' (master's and replicas') ACL user and password.
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+    /// The database selected on the master.
+    pub(crate) db: i64,
+    /// The sentinels' own ACL user and password (`sentinel_username`, `sentinel_password`).
+    pub(crate) sentinel_username: Option<String>,
+    pub(crate) sentinel_password: Option<String>,
+    /// `rediss+sentinel://`: TLS to the sentinels and to the data nodes.
+    pub(crate) tls: bool,
+}
+
+/// The port a sentinel listens on when the URL names none.
+pub(crate) const SENTINEL_DEFAULT_PORT: u16 = 26379;
 
 impl RedisTarget {
     /// Parses `redis://`, `rediss://`, `redis+unix://`, `unix://`,
-    /// `redis+cluster://h1:p1,h2:p2` and `rediss+cluster://...`.
+    /// `redis+cluster://h1:p1,h2:p2`, `rediss+cluster://...` and
+    /// `redis+sentinel://[user:password@]h1:p1,h2:p2/<master-name>[/<db>][?sentinel_username=u&sentinel_password=p]`
+    /// (`rediss+sentinel://` for TLS). In a sentinel URL, the user and password
+    /// before `@` are the master's (and its replicas'); the sentinels' own, if
+    /// they require one, go in the query. A sentinel without a port listens
+    /// on 26379.
     ///
     /// # Errors
     ///
@@ -68,6 +107,11 @@ impl RedisTarget {
     /// let target = RedisTarget::parse("redis://app:s3cret@localhost:6379/0").unwrap();
     /// assert_eq!(target.to_string(), "redis://app:***@localhost:6379/0");
     /// assert!(RedisTarget::parse("http://localhost").is_err());
+    ///
+    /// let sentinel = RedisTarget::parse("redis+sentinel://:s3cret@10.0.0.1:26379,10.0.0.2/cache").unwrap();
+    /// assert!(sentinel.is_sentinel());
+    /// assert_eq!(sentinel.to_string(), "redis+sentinel://:***@10.0.0.1:26379,10.0.0.2/cache");
+    /// assert!(RedisTarget::parse("redis+sentinel://10.0.0.1:26379").is_err()); // no master name
     /// ```
     pub fn parse(url: &str) -> Result<RedisTarget> {
         let bad = |problem: String| Error::Config {
@@ -89,7 +133,7 @@ impl RedisTarget {
                 Ok(RedisTarget {
                     url: url.to_owned(),
                     redacted,
-                    cluster_nodes: None,
+                    topology: Topology::Node,
                 })
             }
             "redis+cluster" | "rediss+cluster" => {
@@ -115,18 +159,32 @@ impl RedisTarget {
                 Ok(RedisTarget {
                     url: url.to_owned(),
                     redacted,
-                    cluster_nodes: Some(nodes),
+                    topology: Topology::Cluster(nodes),
                 })
             }
+            "redis+sentinel" | "rediss+sentinel" => Ok(RedisTarget {
+                url: url.to_owned(),
+                topology: Topology::Sentinel(std::sync::Arc::new(SentinelTarget::parse(
+                    scheme == "rediss+sentinel",
+                    rest,
+                    &redacted,
+                )?)),
+                redacted,
+            }),
             other => Err(bad(format!(
-                "unsupported scheme `{other}://`: expected redis://, rediss://, redis+cluster:// or rediss+cluster://"
+                "unsupported scheme `{other}://`: expected redis://, rediss://, redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://"
             ))),
         }
     }
 
     /// `true` for `redis+cluster://` and `rediss+cluster://` URLs.
     pub fn is_cluster(&self) -> bool {
-        self.cluster_nodes.is_some()
+        matches!(self.topology, Topology::Cluster(_))
+    }
+
+    /// `true` for `redis+sentinel://` and `rediss+sentinel://` URLs.
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self.topology, Topology::Sentinel(_))
     }
 
     /// `true` for `rediss://` URLs (TLS).
@@ -141,8 +199,128 @@ impl RedisTarget {
 
     /// The per-node URLs of a cluster target, with credentials.
     pub(crate) fn cluster_nodes(&self) -> Option<&[String]> {
-        self.cluster_nodes.as_deref()
+        match &self.topology {
+            Topology::Cluster(nodes) => Some(nodes),
+            _ => None,
+        }
     }
+
+    /// The sentinels, master name and credentials of a sentinel target.
+    pub(crate) fn sentinel(&self) -> Option<&std::sync::Arc<SentinelTarget>> {
+        match &self.topology {
+            Topology::Sentinel(sentinel) => Some(sentinel),
+            _ => None,
+        }
+    }
+}
+
+impl SentinelTarget {
+    /// Parses what follows `redis+sentinel://`; `redacted` (the whole URL, its
+    /// secrets hidden) is what error messages quote.
+    fn parse(tls: bool, rest: &str, redacted: &str) -> Result<SentinelTarget> {
+        const FORM: &str = "redis+sentinel://[user:password@]host:port[,host:port...]/master-name[/db]";
+        let bad = |problem: String| Error::Config {
+            var: "REDIS_URL",
+            problem: format!("{problem} in `{redacted}` (expected {FORM})"),
+        };
+        let (rest, query) = match rest.split_once('?') {
+            Some((rest, query)) => (rest, Some(query)),
+            None => (rest, None),
+        };
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((userinfo, rest)) => (Some(userinfo), rest),
+            None => (None, rest),
+        };
+        let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let mut sentinels = Vec::new();
+        for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            sentinels.push(
+                parse_host_port(host, SENTINEL_DEFAULT_PORT).map_err(|why| bad(format!("sentinel `{host}` {why}")))?,
+            );
+        }
+        if sentinels.is_empty() {
+            return Err(bad("no sentinel host".to_owned()));
+        }
+        let mut segments = path.split('/');
+        let master_name = decode(segments.next().unwrap_or_default());
+        if master_name.trim().is_empty() || master_name.chars().any(char::is_whitespace) {
+            return Err(bad("no master name (the path's first segment)".to_owned()));
+        }
+        let db = match segments.next().filter(|db| !db.is_empty()) {
+            None => 0,
+            Some(db) => db
+                .parse::<i64>()
+                .ok()
+                .filter(|db| *db >= 0)
+                .ok_or_else(|| bad(format!("database `{db}` is not a number")))?,
+        };
+        if segments.any(|extra| !extra.is_empty()) {
+            return Err(bad("more path segments than master name and database".to_owned()));
+        }
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(userinfo) => match userinfo.split_once(':') {
+                Some((user, password)) => (Some(decode(user)), Some(decode(password))),
+                None => (Some(decode(userinfo)), None),
+            },
+        };
+        let mut target = SentinelTarget {
+            sentinels,
+            master_name,
+            username: username.filter(|u| !u.is_empty()),
+            password: password.filter(|p| !p.is_empty()),
+            db,
+            sentinel_username: None,
+            sentinel_password: None,
+            tls,
+        };
+        for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match name {
+                "sentinel_username" => target.sentinel_username = Some(decode(value)),
+                "sentinel_password" => target.sentinel_password = Some(decode(value)),
+                other => {
+                    return Err(bad(format!(
+                        "unknown parameter `{other}` (known: sentinel_username, sentinel_password)"
+                    )))
+                }
+            }
+        }
+        Ok(target)
+    }
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`; `default_port` when none is given.
+fn parse_host_port(text: &str, default_port: u16) -> std::result::Result<(String, u16), &'static str> {
+    let (host, port) = match text.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']').ok_or("has an unclosed `[`")?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match text.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        },
+    };
+    if host.is_empty() {
+        return Err("has no host");
+    }
+    let port = match port {
+        None => default_port,
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or("has a bad port (expected 1 to 65535)")?,
+    };
+    Ok((host.to_owned(), port))
+}
+
+/// Percent-decodes a URL part (userinfo, path segment, query value).
+fn decode(part: &str) -> String {
+    percent_encoding::percent_decode_str(part)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 impl fmt::Display for RedisTarget {
@@ -157,20 +335,37 @@ impl fmt::Debug for RedisTarget {
     }
 }
 
-/// Replaces the password of a URL's userinfo with `***`.
+/// Replaces the password of a URL's userinfo, and the value of every query
+/// parameter whose name mentions a password (`sentinel_password=`), with `***`.
 pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<unparsable url>".to_owned();
     };
-    match rest.rsplit_once('@') {
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (rest, None),
+    };
+    let mut redacted = match rest.rsplit_once('@') {
         Some((userinfo, hosts)) => match userinfo.split_once(':') {
             Some((user, _password)) => format!("{scheme}://{user}:***@{hosts}"),
             None if userinfo.is_empty() => format!("{scheme}://@{hosts}"),
             // `redis://password@host` is not valid userinfo for redis-rs, but hide it anyway.
             None => format!("{scheme}://***@{hosts}"),
         },
-        None => url.to_owned(),
+        None => format!("{scheme}://{rest}"),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if name.to_ascii_lowercase().contains("pass") => format!("{name}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&pairs.join("&"));
     }
+    redacted
 }
 
 /// How large the memory backend may grow.
@@ -576,6 +771,70 @@ mod tests {
             ["redis://u:pw@127.0.0.1:7000", "redis://u:pw@127.0.0.1:7001"]
         );
         assert_eq!(t.to_string(), "redis+cluster://u:***@127.0.0.1:7000,127.0.0.1:7001");
+    }
+
+    #[test]
+    fn sentinel_url_names_sentinels_master_and_both_credentials() {
+        let t = RedisTarget::parse(
+            "redis+sentinel://app:p%40ss@10.0.0.1:26380,[::1],sentinel-3/cache-main/2?sentinel_username=watch&sentinel_password=hunter2",
+        )
+        .unwrap();
+        assert!(t.is_sentinel() && !t.is_cluster() && !t.is_tls());
+        let s = t.sentinel().unwrap();
+        assert_eq!(
+            s.sentinels,
+            [
+                ("10.0.0.1".to_owned(), 26380),
+                ("::1".to_owned(), SENTINEL_DEFAULT_PORT),
+                ("sentinel-3".to_owned(), SENTINEL_DEFAULT_PORT)
+            ]
+        );
+        assert_eq!(s.master_name, "cache-main");
+        assert_eq!(s.db, 2);
+        assert_eq!(
+            (s.username.as_deref(), s.password.as_deref()),
+            (Some("app"), Some("p@ss"))
+        );
+        assert_eq!(
+            (s.sentinel_username.as_deref(), s.sentinel_password.as_deref()),
+            (Some("watch"), Some("hunter2"))
+        );
+        let shown = format!("{t} {t:?}");
+        assert!(!shown.contains("p%40ss") && !shown.contains("hunter2"), "{shown}");
+        assert_eq!(
+            t.to_string(),
+            "redis+sentinel://app:***@10.0.0.1:26380,[::1],sentinel-3/cache-main/2?sentinel_username=watch&sentinel_password=***"
+        );
+
+        let plain = RedisTarget::parse("rediss+sentinel://127.0.0.1:5000/m").unwrap();
+        let s = plain.sentinel().unwrap();
+        assert!(plain.is_tls() && s.tls);
+        assert_eq!((s.username.as_ref(), s.password.as_ref(), s.db), (None, None, 0));
+    }
+
+    #[test]
+    fn malformed_sentinel_urls_say_what_is_missing_and_never_the_password() {
+        let cases = [
+            ("redis+sentinel://:hunter2@/master", "no sentinel host"),
+            ("redis+sentinel://:hunter2@h1:26379", "no master name"),
+            ("redis+sentinel://:hunter2@h1:26379/", "no master name"),
+            ("redis+sentinel://:hunter2@h1:port/master", "bad port"),
+            ("redis+sentinel://:hunter2@h1:0/master", "bad port"),
+            ("redis+sentinel://:hunter2@h1:26379,h2:99999/master", "bad port"),
+            ("redis+sentinel://:hunter2@:26379/master", "no host"),
+            ("redis+sentinel://:hunter2@h1/master/x", "not a number"),
+            (
+                "redis+sentinel://h1/master?sentinel_password=hunter2&tls=1",
+                "unknown parameter",
+            ),
+        ];
+        for (url, why) in cases {
+            let err = RedisTarget::parse(url).expect_err(url);
+            let text = format!("{err} {err:?}");
+            assert!(matches!(err, Error::Config { var: "REDIS_URL", .. }), "{text}");
+            assert!(text.contains(why), "{url}: {text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //!   throwaway CA: [`tls_url`](RedisServer::tls_url),
 //!   [`tls_ca_pem`](RedisServer::tls_ca_pem)) or raw arguments.
 //! - [`RedisCluster`]: three masters joined by `redis-cli --cluster create`.
+//! - [`RedisSentinel`]: a master, its replica and three sentinels
+//!   (`redis-server --sentinel`); [`failover`](RedisSentinel::failover) promotes the
+//!   replica, [`kill_master`](RedisSentinel::kill_master) lets the sentinels do it.
+//!   [`SentinelOptions`] adds a password to the data nodes or an ACL user to the sentinels.
 //! - [`TcpProxy`]: a proxy in front of a server whose [`ProxyMode`] simulates
 //!   partitions (blackhole) and connection resets.
 //! - [`Children`]: the test binary re-run as child processes, each running one
@@ -51,6 +55,7 @@ mod children;
 mod cluster;
 mod port;
 mod proxy;
+mod sentinel;
 mod server;
 mod spawn;
 mod tls;
@@ -60,6 +65,7 @@ pub use binary::{redis_cli_binary, redis_server_binary};
 pub use children::{child_env, child_runtime, ChildOutput, Children};
 pub use cluster::{key_slot, RedisCluster};
 pub use proxy::{ProxyMode, TcpProxy};
+pub use sentinel::{RedisSentinel, SentinelOptions};
 pub use server::{RedisServer, ServerOptions};
 pub use tls::openssl_binary;
 pub use until::{until, STUCK};

@@ -53,6 +53,8 @@ pub struct ServerOptions {
     extra_args: Vec<String>,
     cluster: bool,
     tls: bool,
+    /// Sentinel mode: the contents of the sentinel's config file.
+    sentinel_conf: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -166,8 +168,20 @@ impl ServerOptions {
         self
     }
 
+    /// Sentinel mode (`redis-server <dir>/sentinel.conf --sentinel`): `conf` is
+    /// written to the server's temp dir on its first start; Sentinel rewrites
+    /// it as it learns the topology, and a restart keeps what it learnt.
+    pub(crate) fn sentinel_mode(mut self, conf: String) -> Self {
+        self.sentinel_conf = Some(conf);
+        self
+    }
+
     fn command_line(&self, port: u16, tls_port: Option<u16>, dir: &Path) -> Vec<String> {
-        let mut args: Vec<String> = vec![
+        let mut args: Vec<String> = Vec::new();
+        if self.sentinel_conf.is_some() {
+            args.extend([dir.join(SENTINEL_CONF).display().to_string(), "--sentinel".into()]);
+        }
+        args.extend([
             "--port".into(),
             port.to_string(),
             "--bind".into(),
@@ -182,7 +196,7 @@ impl ServerOptions {
             dir.join(LOG_FILE).display().to_string(),
             "--daemonize".into(),
             "no".into(),
-        ];
+        ]);
         if let Some(password) = &self.password {
             args.extend(["--requirepass".into(), password.clone()]);
         }
@@ -228,6 +242,8 @@ impl ServerOptions {
 }
 
 const LOG_FILE: &str = "redis.log";
+/// A sentinel's config file, in its temp dir: Sentinel must be able to rewrite it.
+const SENTINEL_CONF: &str = "sentinel.conf";
 const STDOUT_FILE: &str = "stdout.log";
 const STDERR_FILE: &str = "stderr.log";
 
@@ -670,6 +686,12 @@ fn launch(options: &ServerOptions, port: u16, tls_port: Option<u16>, dir: &Path)
         // Only the current attempt's output should be quoted on failure.
         let _ = fs::remove_file(dir.join(name));
     }
+    if let Some(conf) = &options.sentinel_conf {
+        let path = dir.join(SENTINEL_CONF);
+        if !path.exists() {
+            fs::write(&path, conf).unwrap_or_else(|err| panic!("write the sentinel config {}: {err}", path.display()));
+        }
+    }
     let binary = redis_server_binary();
     let mut command = Command::new(&binary);
     command
@@ -756,7 +778,7 @@ pub(crate) fn log_tail(dir: &Path) -> String {
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
-fn encode_userinfo(value: &str) -> String {
+pub(crate) fn encode_userinfo(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {

@@ -5,7 +5,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use aside_testkit::{key_slot, ProxyMode, RedisCluster, RedisServer, ServerOptions, TcpProxy};
+use aside_testkit::{key_slot, ProxyMode, RedisCluster, RedisSentinel, RedisServer, ServerOptions, TcpProxy};
 use redis::{Connection, RedisResult};
 
 fn connect_error(result: RedisResult<Connection>) -> redis::RedisError {
@@ -410,4 +410,60 @@ fn proxy_latency_delays_every_round_trip() {
     }
     proxy.set_latency(Duration::ZERO);
     assert_eq!(ping(&mut con).unwrap(), "PONG");
+}
+
+fn role(server: &RedisServer) -> String {
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut server.connection()).unwrap();
+    redis::from_redis_value_ref(&role[0]).unwrap()
+}
+
+#[test]
+fn sentinel_fails_over_to_the_replica_and_back() {
+    let set = RedisSentinel::start();
+    let ports: Vec<String> = set
+        .sentinels()
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port()))
+        .collect();
+    assert_eq!(
+        set.url(),
+        format!("redis+sentinel://{}/{}", ports.join(","), set.master_name())
+    );
+    assert_eq!(set.sentinels().len(), 3);
+    for sentinel in set.sentinels() {
+        assert_eq!(role(sentinel), "sentinel");
+    }
+    let first = set.master().port();
+    assert_eq!(first, set.nodes()[0].port());
+    assert_eq!(role(set.master()), "master");
+    assert_eq!(role(set.replica()), "slave");
+    // Written on the master, replicated to the replica.
+    redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query::<()>(&mut set.master().connection())
+        .unwrap();
+
+    let second = set.failover().port();
+    assert_eq!(second, set.nodes()[1].port());
+    assert_eq!(role(set.master()), "master");
+    assert_eq!(role(set.replica()), "slave");
+    let v: String = redis::cmd("GET")
+        .arg("k")
+        .query(&mut set.master().connection())
+        .unwrap();
+    assert_eq!(v, "v", "the promoted replica has the old master's data");
+    let refused = redis::cmd("SET")
+        .arg("k")
+        .arg("w")
+        .query::<()>(&mut set.replica().connection());
+    assert_eq!(
+        refused.unwrap_err().code(),
+        Some("READONLY"),
+        "the old master is a replica now"
+    );
+
+    // The demoted master is a good replica again: a second failover promotes it.
+    assert_eq!(set.failover().port(), first);
+    assert_eq!(role(set.master()), "master");
 }

@@ -156,7 +156,8 @@ pub(crate) trait Backend: Send + Sync {
 /// The store a cache uses.
 #[derive(Debug)]
 pub(crate) enum Store {
-    Redis(redis::RedisStore),
+    /// Boxed: far larger than the others, and made once per cache.
+    Redis(Box<redis::RedisStore>),
     Memory(memory::MemoryStore),
     Off(off::OffStore),
 }

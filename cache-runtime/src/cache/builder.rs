@@ -66,7 +66,8 @@ impl CacheBuilder {
         self
     }
 
-    /// Use Redis at `url` (`redis://`, `rediss://`, `redis+cluster://h1:p1,h2:p2`).
+    /// Use Redis at `url` (`redis://`, `rediss://`, `redis+cluster://h1:p1,h2:p2`,
+    /// `redis+sentinel://h1:p1,h2:p2/<master-name>`; see [`RedisTarget::parse`](crate::RedisTarget::parse)).
     pub fn redis_url(mut self, url: &str) -> Self {
         let parsed = crate::config::RedisTarget::parse(url).map(|target| {
             self.settings.backend = BackendKind::Redis(target);

@@ -113,12 +113,18 @@ impl Cache {
     pub fn lazy(settings: Settings) -> Cache {
         let waiters = Arc::new(Waiters::default());
         let store = match &settings.backend {
-            BackendKind::Redis(target) => {
-                Store::Redis(RedisStore::new(target.clone(), &settings, waiters.clone(), false))
-            }
-            BackendKind::Tiered(target) => {
-                Store::Redis(RedisStore::new(target.clone(), &settings, waiters.clone(), true))
-            }
+            BackendKind::Redis(target) => Store::Redis(Box::new(RedisStore::new(
+                target.clone(),
+                &settings,
+                waiters.clone(),
+                false,
+            ))),
+            BackendKind::Tiered(target) => Store::Redis(Box::new(RedisStore::new(
+                target.clone(),
+                &settings,
+                waiters.clone(),
+                true,
+            ))),
             BackendKind::Memory => {
                 static ANNOUNCED: std::sync::Once = std::sync::Once::new();
                 ANNOUNCED.call_once(|| {

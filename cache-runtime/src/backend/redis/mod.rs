@@ -1,21 +1,22 @@
 //! The Redis store: one multiplexed connection per cache (redis-rs
-//! `ConnectionManager`, or a `cluster-async` connection for Redis Cluster),
-//! shared by every call and re-established by redis-rs when it breaks, plus one
-//! pub/sub subscriber that wakes waiters when entries are stored. Their
-//! background work runs on the store's own thread ([`background`]), never on a
-//! caller's runtime.
+//! `ConnectionManager`, a `cluster-async` connection for Redis Cluster, or a
+//! multiplexed connection to the master that Redis Sentinel names), shared by
+//! every call and re-established when it breaks, plus one pub/sub subscriber
+//! that wakes waiters when entries are stored. Their background work runs on
+//! the store's own thread ([`background`]), never on a caller's runtime.
 
 mod background;
 pub(crate) mod l1;
 mod notify;
 mod scripts;
+mod sentinel;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{stream, FutureExt, StreamExt};
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
@@ -64,19 +65,26 @@ const RESHARD_FIRST_PAUSE: Duration = Duration::from_millis(2);
 /// The longest such pause.
 const RESHARD_MAX_PAUSE: Duration = Duration::from_millis(32);
 
-/// The connection of a store: single node or cluster. Both are cheap clones of a
-/// shared multiplexed connection.
+/// The connection of a store: single node, cluster or sentinel-managed master.
+/// Each is a cheap clone of a shared multiplexed connection.
 #[derive(Clone)]
 enum Connection {
     Single(ConnectionManager),
     /// With how long a request turned away by a migrating slot is re-sent.
     Cluster(ClusterConnection, Duration),
+    /// The master the sentinels named, with the count of switches heard
+    /// before it was looked up ([`sentinel::Watch::switches`]). Not
+    /// re-established in place: when it breaks or stops being the master, the
+    /// store replaces it ([`RedisStore::replace`]) and the next call asks the
+    /// sentinels again.
+    Sentinel(MultiplexedConnection, u64),
 }
 
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Connection::Single(conn) => conn.req_packed_command(cmd),
+            Connection::Sentinel(conn, _) => conn.req_packed_command(cmd),
             Connection::Cluster(conn, patience) => Box::pin(resending(*patience, conn, move |mut conn| {
                 async move { conn.req_packed_command(cmd).await }.boxed()
             })),
@@ -91,6 +99,7 @@ impl ConnectionLike for Connection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Connection::Single(conn) => conn.req_packed_commands(cmd, offset, count),
+            Connection::Sentinel(conn, _) => conn.req_packed_commands(cmd, offset, count),
             Connection::Cluster(conn, patience) => Box::pin(resending(*patience, conn, move |mut conn| {
                 async move { conn.req_packed_commands(cmd, offset, count).await }.boxed()
             })),
@@ -100,6 +109,7 @@ impl ConnectionLike for Connection {
     fn get_db(&self) -> i64 {
         match self {
             Connection::Single(conn) => conn.get_db(),
+            Connection::Sentinel(conn, _) => conn.get_db(),
             Connection::Cluster(conn, _) => conn.get_db(),
         }
     }
@@ -152,9 +162,14 @@ pub(crate) struct RedisStore {
     target: RedisTarget,
     tls_ca: Option<Arc<Vec<u8>>>,
     op_timeout: Duration,
-    /// Replaced (by a fresh, empty cell) when a cluster connection is wedged;
-    /// see [`RedisStore::replace_wedged`].
+    /// Replaced (by a fresh, empty cell) when a cluster connection is wedged
+    /// (see [`RedisStore::replace_wedged`]) or a sentinel's master changes.
     connection: std::sync::RwLock<Arc<OnceCell<Connection>>>,
+    /// Under Redis Sentinel: the sentinels' announcements of a new master.
+    switches: Option<sentinel::Watch>,
+    /// The count of switches the breaker last heard of: a new master is worth
+    /// probing at once, without waiting out the backoff the old one earned.
+    switches_probed: std::sync::atomic::AtomicU64,
     breaker: Breaker,
     /// Where stores and invalidations are announced: waiters wake, tiered
     /// stores drop their copies.
@@ -187,12 +202,16 @@ impl RedisStore {
     pub(crate) fn new(target: RedisTarget, settings: &Settings, waiters: Arc<dyn Wake>, tiered: bool) -> RedisStore {
         let channel = format!("{}~stored", settings.namespace);
         let tls_ca = settings.tls_ca_pem.clone().map(Arc::new);
-        let urls = match target.cluster_nodes() {
-            Some(nodes) => nodes.to_vec(),
-            None => vec![target.secret_url().to_owned()],
+        let source = match (target.cluster_nodes(), target.sentinel()) {
+            (Some(nodes), _) => notify::Source::Nodes(nodes.to_vec()),
+            (None, Some(sentinel)) => notify::Source::Sentinel(Arc::clone(sentinel)),
+            (None, None) => notify::Source::Nodes(vec![target.secret_url().to_owned()]),
         };
         let l1 = tiered.then(|| Arc::new(L1::new(settings.memory_capacity, format!("#{}", super::new_token()))));
-        let listener = notify::Listener::new(urls, tls_ca.clone(), channel.clone(), waiters, l1.clone());
+        let listener = notify::Listener::new(source, tls_ca.clone(), channel.clone(), waiters, l1.clone());
+        let switches = target
+            .sentinel()
+            .map(|sentinel| sentinel::Watch::new(Arc::clone(sentinel), tls_ca.clone()));
         RedisStore {
             l1,
             listening: std::sync::atomic::AtomicBool::new(false),
@@ -200,6 +219,8 @@ impl RedisStore {
             tls_ca,
             op_timeout: settings.op_timeout,
             connection: std::sync::RwLock::default(),
+            switches,
+            switches_probed: std::sync::atomic::AtomicU64::new(0),
             breaker: Breaker::default(),
             channel,
             listener,
@@ -262,19 +283,54 @@ impl RedisStore {
     /// call, the breaker opening, and its probes timing out too. A single-node
     /// connection recovers by itself and is left alone.
     ///
+    /// A sentinel-managed master that stops answering is replaced the same
+    /// way: the new connection asks the sentinels which node is master now.
+    ///
     /// `true` when `cell` was replaced by this call.
     fn replace_wedged(&self, cell: &Arc<OnceCell<Connection>>) -> bool {
-        if !matches!(cell.get(), Some(Connection::Cluster(..))) {
-            return false;
+        match cell.get() {
+            Some(Connection::Cluster(..)) => self.replace(cell, "the cluster connection stopped answering"),
+            Some(Connection::Sentinel(..)) => self.replace(cell, "the master stopped answering"),
+            _ => false,
         }
+    }
+
+    /// Puts a fresh, empty cell in place of `cell` (unless another call did
+    /// already), so the next call opens a new connection; logs `why` at `warn`.
+    /// `true` when `cell` was replaced by this call.
+    fn replace(&self, cell: &Arc<OnceCell<Connection>>, why: &str) -> bool {
         let mut current = self.connection.write().unwrap_or_else(|e| e.into_inner());
         if !Arc::ptr_eq(&current, cell) {
             return false;
         }
         *current = Arc::default();
-        tracing::warn!(target: "aside", redis = %self.target,
-            "the cluster connection stopped answering; opening a new one");
+        tracing::warn!(target: "aside", redis = %self.target, "{why}; opening a new connection");
         true
+    }
+
+    /// The cell to use now: the current one, unless it holds a connection to a
+    /// master the sentinels have since replaced, which is dropped first.
+    fn usable_cell(&self) -> Arc<OnceCell<Connection>> {
+        let cell = self.current_cell();
+        let (Some(Connection::Sentinel(_, seen)), Some(switches)) = (cell.get(), &self.switches) else {
+            return cell;
+        };
+        if *seen == switches.switches() {
+            return cell;
+        }
+        self.replace(&cell, "the sentinels switched to a new master");
+        self.current_cell()
+    }
+
+    /// Whether `error` means a sentinel-managed connection talks to a node
+    /// that is not (or may no longer be) the master; the connection that
+    /// gave it is replaced by [`RedisStore::call`], so a request sent again
+    /// goes to the master the sentinels name.
+    fn switching_master(&self, error: &Error) -> bool {
+        match error {
+            Error::Redis { source, .. } => self.switches.is_some() && sentinel::switching(source),
+            _ => false,
+        }
     }
 
     /// Runs an invalidation until it is served or cannot be: one that timed
@@ -299,6 +355,9 @@ impl RedisStore {
             let now = tokio::time::Instant::now();
             let retry = match &result {
                 Err(Error::Timeout { .. } | Error::CircuitOpen) if now < deadline => {
+                    self.breaker.reachable_within(deadline - now)
+                }
+                Err(error) if now < deadline && self.switching_master(error) => {
                     self.breaker.reachable_within(deadline - now)
                 }
                 _ => false,
@@ -331,8 +390,14 @@ impl RedisStore {
             target: self.target.to_string(),
             source: error.into(),
         })?;
+        // Read before the sentinels are asked: a switch announced while they
+        // answer makes this connection stale at once, never unnoticed.
+        let switches = self.switches.as_ref().map(|watch| {
+            watch.start(handle);
+            watch.switches()
+        });
         let connecting = handle.spawn(async move {
-            cell.get_or_try_init(|| open(&target, tls_ca.as_deref(), op_timeout))
+            cell.get_or_try_init(|| open(&target, tls_ca.as_deref(), op_timeout, switches.unwrap_or_default()))
                 .await
                 .cloned()
         });
@@ -354,6 +419,16 @@ impl RedisStore {
         F: FnOnce(Connection) -> Fut,
         Fut: std::future::Future<Output = RedisResult<T>>,
     {
+        if let Some(watch) = &self.switches {
+            let switches = watch.switches();
+            if self
+                .switches_probed
+                .swap(switches, std::sync::atomic::Ordering::Relaxed)
+                != switches
+            {
+                self.breaker.probe_now();
+            }
+        }
         let Some(permit) = self.breaker.allow() else {
             // Skipping Redis touches no tokio resource, so a loop of skipped
             // calls would never yield: it could starve the very task whose
@@ -362,7 +437,7 @@ impl RedisStore {
             tokio::task::coop::consume_budget().await;
             return Err(Error::CircuitOpen);
         };
-        let cell = self.current_cell();
+        let cell = self.usable_cell();
         let attempt = async {
             let connection = self.connection_in(&cell).await?;
             request(connection).await.map_err(|source| Error::Redis { op, source })
@@ -400,6 +475,9 @@ impl RedisStore {
         };
         if let Err(error) = &result {
             tracing::debug!(target: "aside", redis = %self.target, op, %error, "redis operation failed");
+            if self.switching_master(error) {
+                self.replace(&cell, "the master's connection broke or it is the master no more");
+            }
         }
         let probe = permit.is_probe();
         match available {
@@ -443,7 +521,7 @@ impl RedisStore {
     /// Every key matching `pattern` on every master, one `SCAN` batch at a time.
     async fn scan_each(&self, pattern: &str, mut each: impl AsyncBatch) -> Result<u64> {
         let nodes = match self.connection().await? {
-            Connection::Single(_) => vec![None],
+            Connection::Single(_) | Connection::Sentinel(..) => vec![None],
             Connection::Cluster(..) => self.masters().await?.into_iter().map(Some).collect(),
         };
         let mut total = 0;
@@ -470,6 +548,7 @@ impl RedisStore {
                                         .await
                                     }
                                     Connection::Single(mut conn) => scan.query_async(&mut conn).await,
+                                    Connection::Sentinel(mut conn, _) => scan.query_async(&mut conn).await,
                                 }
                             })
                             .await?;
@@ -536,7 +615,7 @@ impl RedisStore {
     /// `entries` in groups whose keys (and leases) share a hash slot: one group
     /// on a single node.
     async fn by_slot(&self, entries: Vec<String>) -> Result<Vec<Vec<String>>> {
-        if matches!(self.connection().await?, Connection::Single(_)) {
+        if !matches!(self.connection().await?, Connection::Cluster(..)) {
             return Ok(vec![entries]);
         }
         let mut slots: std::collections::HashMap<Slot, Vec<String>> = std::collections::HashMap::new();
@@ -635,7 +714,7 @@ impl RedisStore {
     /// entries and leases are gone, so whoever reads it finds every member not
     /// yet removed, and a set is never written again once detached.
     async fn empty_detached(&self, detached: &str, pending: &str) -> Result<u64> {
-        let single = matches!(self.connection().await?, Connection::Single(_));
+        let single = !matches!(self.connection().await?, Connection::Cluster(..));
         let mut removed = 0;
         loop {
             let mut read = redis::cmd("ZRANGE");
@@ -709,15 +788,41 @@ pub(super) fn client(url: &str, tls_ca: Option<&Vec<u8>>) -> RedisResult<redis::
     }
 }
 
-fn certificates(ca: &[u8]) -> redis::TlsCertificates {
+pub(super) fn certificates(ca: &[u8]) -> redis::TlsCertificates {
     redis::TlsCertificates {
         client_tls: None,
         root_cert: Some(ca.to_vec()),
     }
 }
 
-async fn open(target: &RedisTarget, tls_ca: Option<&Vec<u8>>, op_timeout: Duration) -> RedisResult<Connection> {
+/// Opens the store's connection; `switches` is the count of master switches
+/// heard so far, kept with a sentinel-managed connection.
+async fn open(
+    target: &RedisTarget,
+    tls_ca: Option<&Vec<u8>>,
+    op_timeout: Duration,
+    switches: u64,
+) -> RedisResult<Connection> {
     let connect_timeout = op_timeout.max(Duration::from_secs(1));
+    if let Some(sentinel) = target.sentinel() {
+        // The sentinels' answers and the master's `ROLE` each take a round
+        // trip; bound them all, as a silent sentinel would otherwise hold the
+        // connection cell, and every call waiting on it, for good.
+        let lookup = async {
+            let master = sentinel::master(sentinel, tls_ca).await?;
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(None);
+            master.get_multiplexed_async_connection_with_config(&config).await
+        };
+        let connection = tokio::time::timeout(connect_timeout * 4, lookup).await.map_err(|_| {
+            redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "finding the master through the sentinels timed out",
+            ))
+        })??;
+        return Ok(Connection::Sentinel(connection, switches));
+    }
     match target.cluster_nodes() {
         None => {
             let client = client(target.secret_url(), tls_ca)?;

@@ -3,6 +3,9 @@
 //! or expired — and wakes the local waiters of those entries, and drops the
 //! first tier's copies of them (tiered stores). On Redis Cluster, `PUBLISH`
 //! reaches every node, so one subscription to any node hears the whole cluster.
+//! Under Redis Sentinel it subscribes on the master the sentinels name (replicas
+//! hear announcements too: `PUBLISH` is replicated), asking them again whenever
+//! the subscription is lost.
 //!
 //! A payload is one entry key, a JSON array of entry keys (a batch), or a
 //! heartbeat `#<token>` (tiered stores, see [`super::l1`]). Keys start with
@@ -19,6 +22,16 @@ use tokio::task::AbortHandle;
 
 use super::l1::{BEAT, L1};
 use crate::backend::Wake;
+use crate::config::SentinelTarget;
+
+/// Where the subscriber connects. Holds credentials: never logged.
+#[derive(Clone)]
+pub(crate) enum Source {
+    /// These nodes' URLs, one after another when one fails.
+    Nodes(Vec<String>),
+    /// The master the sentinels name at each (re)connection.
+    Sentinel(Arc<SentinelTarget>),
+}
 
 /// A subscription of a tiered store that hears nothing for this long — not
 /// even its own heartbeat — is cut and made again.
@@ -26,7 +39,7 @@ const SILENCE: Duration = Duration::from_secs(2);
 
 /// The subscriber: started on the first wait, reconnecting by itself.
 pub(crate) struct Listener {
-    urls: Vec<String>,
+    source: Source,
     tls_ca: Option<Arc<Vec<u8>>>,
     channel: String,
     waiters: Arc<dyn Wake>,
@@ -46,16 +59,16 @@ impl std::fmt::Debug for Listener {
 }
 
 impl Listener {
-    /// `urls` carry credentials; they are never logged.
+    /// `source` carries credentials; they are never logged.
     pub(crate) fn new(
-        urls: Vec<String>,
+        source: Source,
         tls_ca: Option<Arc<Vec<u8>>>,
         channel: String,
         waiters: Arc<dyn Wake>,
         l1: Option<Arc<L1>>,
     ) -> Listener {
         Listener {
-            urls,
+            source,
             tls_ca,
             channel,
             waiters,
@@ -72,7 +85,7 @@ impl Listener {
     pub(crate) async fn ready(&self, limit: Duration) {
         if !self.started.swap(true, Ordering::AcqRel) {
             let task = tokio::spawn(run(
-                self.urls.clone(),
+                self.source.clone(),
                 self.tls_ca.clone(),
                 self.channel.clone(),
                 Heard {
@@ -132,15 +145,20 @@ impl Heard {
 }
 
 async fn run(
-    urls: Vec<String>,
+    source: Source,
     tls_ca: Option<Arc<Vec<u8>>>,
     channel: String,
     heard: Heard,
     subscribed: watch::Sender<bool>,
 ) {
     let mut backoff = Duration::from_millis(50);
-    for url in urls.iter().cycle() {
-        match subscribe(url, tls_ca.as_deref(), &channel).await {
+    for attempt in 0.. {
+        let client = match &source {
+            Source::Nodes(urls) => super::client(&urls[attempt % urls.len()], tls_ca.as_deref()),
+            Source::Sentinel(target) => super::sentinel::master(target, tls_ca.as_deref()).await,
+        };
+        let beat_client = client.as_ref().ok().cloned();
+        match subscribe(client, &channel).await {
             Ok(pubsub) => {
                 backoff = Duration::from_millis(50);
                 subscribed.send_replace(true);
@@ -148,7 +166,8 @@ async fn run(
                 let beating = heard
                     .l1
                     .as_ref()
-                    .map(|l1| tokio::spawn(beat(url.clone(), tls_ca.clone(), channel.clone(), l1.beat().to_owned())));
+                    .zip(beat_client)
+                    .map(|(l1, client)| tokio::spawn(beat(client, channel.clone(), l1.beat().to_owned())));
                 let mut messages = pubsub.into_on_message();
                 loop {
                     let message = if beating.is_some() {
@@ -181,11 +200,9 @@ async fn run(
 }
 
 /// Publishes `payload` on `channel` every [`BEAT`], over a connection of its
-/// own to `url`, until aborted: the subscriber hearing it confirms the channel.
-async fn beat(url: String, tls_ca: Option<Arc<Vec<u8>>>, channel: String, payload: String) {
-    let Ok(client) = super::client(&url, tls_ca.as_deref()) else {
-        return;
-    };
+/// own made by `client` (to the node the subscriber listens on), until
+/// aborted: the subscriber hearing it confirms the channel.
+async fn beat(client: redis::Client, channel: String, payload: String) {
     let mut connection = None;
     let mut ticks = tokio::time::interval(BEAT);
     loop {
@@ -207,8 +224,8 @@ async fn beat(url: String, tls_ca: Option<Arc<Vec<u8>>>, channel: String, payloa
     }
 }
 
-async fn subscribe(url: &str, tls_ca: Option<&Vec<u8>>, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
-    let client = super::client(url, tls_ca)?;
+async fn subscribe(client: redis::RedisResult<redis::Client>, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
+    let client = client?;
     let mut pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
         .await
         .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "subscribe timed out")))??;

@@ -5,7 +5,7 @@
 //! cargo bench --bench compare             # full run; writes docs/benchmarks.svg
 //! cargo bench --bench compare -- --quick  # a smoke run, well under a minute
 //! cargo bench --bench compare -- hit memory  # only these sections (also: miss storm
-//!                                            # tags pattern footprint keys); no docs chart
+//!                                            # tags pattern footprint keys tiered); no docs chart
 //! ```
 //!
 //! Each comparison prints one line,
@@ -43,6 +43,8 @@ mod memory;
 mod redis_paths;
 #[path = "compare/storm.rs"]
 mod storm;
+#[path = "compare/tiered.rs"]
+mod tiered;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -300,6 +302,8 @@ pub enum Group {
     /// Calls per second of aside with signing or encryption keys ÷ without: the
     /// cost of the check, not a comparison with another crate (not charted).
     Keys,
+    /// Calls per second of a tiered hit ÷ a Redis hit or a memory hit (not charted).
+    Tiered,
 }
 
 /// One printed comparison line.
@@ -520,7 +524,17 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let mut results = Results::default();
-    const SECTIONS: [&str; 8] = ["hit", "miss", "memory", "storm", "tags", "pattern", "footprint", "keys"];
+    const SECTIONS: [&str; 9] = [
+        "hit",
+        "miss",
+        "memory",
+        "storm",
+        "tags",
+        "pattern",
+        "footprint",
+        "keys",
+        "tiered",
+    ];
     if let Some(unknown) = s.only.iter().find(|o| !SECTIONS.contains(&o.as_str())) {
         panic!("unknown section {unknown:?}; the sections are {}", SECTIONS.join(", "));
     }
@@ -538,6 +552,9 @@ fn main() {
         }
         if run("keys") {
             keys::hit_path(&s, &mut results).await;
+        }
+        if run("tiered") {
+            tiered::hit_path(&s, &mut results).await;
         }
     });
     // The storm's processes are driven synchronously from here.

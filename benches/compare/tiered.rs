@@ -1,0 +1,171 @@
+//! The tiered backend (`CACHE_BACKEND=tiered`): a hit on the in-process copy
+//! against a plain Redis hit and against the memory backend's hit, and how long
+//! an invalidation made by one process takes to reach the tier of another that
+//! is serving 64 tasks of hits.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use aside::{Cache, CacheStatus, Policy};
+
+use crate::{compare, redis_url, report, Contender, Group, Report, Results, Settings, Side};
+
+/// Computations run by the functions below: only the priming ones.
+static COMPUTATIONS: AtomicUsize = AtomicUsize::new(0);
+
+static TIERED: LazyLock<Cache> = LazyLock::new(|| {
+    Cache::builder()
+        .redis_url(redis_url())
+        .namespace("bench-tiered")
+        .tiered()
+        .build_lazy()
+        .expect("tiered")
+});
+static PLAIN: LazyLock<Cache> = LazyLock::new(|| {
+    Cache::builder()
+        .redis_url(redis_url())
+        .namespace("bench-tiered")
+        .build_lazy()
+        .expect("plain")
+});
+static MEMORY: LazyLock<Cache> = LazyLock::new(|| {
+    Cache::builder()
+        .memory()
+        .namespace("bench-tiered")
+        .build_lazy()
+        .expect("memory")
+});
+
+macro_rules! hit_fn {
+    ($($name:ident => $cache:ident),* $(,)?) => {$(
+        #[aside::cached(prefix = "bench", ttl = 600, cache = $cache)]
+        async fn $name(region: &str, month: u32) -> Report {
+            COMPUTATIONS.fetch_add(1, Ordering::Relaxed);
+            let _ = (region, month);
+            report()
+        }
+    )*};
+}
+
+hit_fn!(tiered_hit => TIERED, plain_hit => PLAIN, memory_hit => MEMORY);
+
+/// A tiered hit against a Redis hit and a memory hit; then the propagation of
+/// invalidations between two tiered processes.
+pub async fn hit_path(s: &Settings, results: &mut Results) {
+    let primed = plain_hit("eu-west", 11).await;
+    assert_eq!(memory_hit("eu-west", 11).await, primed);
+    // The tier keeps copies once its channel is confirmed (a few heartbeats).
+    assert_eq!(tiered_hit("eu-west", 11).await, primed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(tiered_hit("eu-west", 11).await, primed);
+    COMPUTATIONS.store(0, Ordering::Relaxed);
+    println!("# tiered: a hit on the in-process copy (no round trip, a JSON decode) against the same ~1 KB hit");
+    macro_rules! side {
+        ($label:literal, $f:ident) => {
+            Contender {
+                case: "",
+                label: $label,
+                op: || async {
+                    std::hint::black_box($f(std::hint::black_box("eu-west"), 11).await);
+                },
+            }
+        };
+    }
+    for tasks in [1, 64] {
+        let tiered = side!("aside tiered", tiered_hit);
+        let plain = side!("aside on Redis", plain_hit);
+        let memory = side!("aside memory", memory_hit);
+        compare(
+            results,
+            Group::Tiered,
+            tasks,
+            s.memory_ops_per_round,
+            s.rounds,
+            &tiered as &dyn Side,
+            &[
+                ("tiered hit vs a Redis hit", &plain as &dyn Side),
+                ("tiered hit vs a memory hit", &memory),
+            ],
+        )
+        .await;
+    }
+    assert_eq!(COMPUTATIONS.load(Ordering::Relaxed), 0, "a hit computed");
+    propagation(if s.quick { 50 } else { 300 }).await;
+}
+
+/// Process A (64 tasks of hits on a tiered cache) and process B (another tiered
+/// cache on the same Redis): B invalidates the key, and the time until A's
+/// next call is no longer answered from its copy is measured; `rounds` times.
+async fn propagation(rounds: usize) {
+    let policy = Policy::new(Duration::from_secs(600));
+    let one = Cache::builder()
+        .redis_url(redis_url())
+        .namespace("bench-tiered-propagation")
+        .tiered()
+        .build()
+        .await
+        .expect("tiered A");
+    let other = Cache::builder()
+        .redis_url(redis_url())
+        .namespace("bench-tiered-propagation")
+        .tiered()
+        .build()
+        .await
+        .expect("tiered B");
+    let call = |cache: Cache, n: u64| {
+        let policy = policy.clone();
+        async move {
+            cache
+                .get_or_compute_with_status("hot", &policy, move || async move { aside::Plain(n) })
+                .await
+        }
+    };
+    call(one.clone(), 0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let background: Vec<_> = (0..64)
+        .map(|_| {
+            let (one, stop, policy) = (one.clone(), Arc::clone(&stop), policy.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = one
+                        .get_or_compute("hot", &policy, || async { aside::Plain(0u64) })
+                        .await;
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let mut seen = Vec::with_capacity(rounds);
+    for round in 1..=rounds as u64 {
+        // Settle: A holds a copy of the current value.
+        call(other.clone(), round).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        other.invalidate_key("hot").await.expect("invalidate");
+        let invalidated = Instant::now();
+        loop {
+            let (_, status) = call(one.clone(), round).await;
+            if status != CacheStatus::Hit {
+                break;
+            }
+            if invalidated.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+        }
+        seen.push(invalidated.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in background {
+        let _ = task.await;
+    }
+    seen.sort_unstable();
+    let at = |q: f64| seen[((seen.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "# tiered: an invalidation by another process reaches a tier serving 64 tasks of hits in \
+         p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({rounds} invalidations, loopback)",
+        at(0.5).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+        at(1.0).as_secs_f64() * 1e3,
+    );
+}

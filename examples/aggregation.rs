@@ -12,7 +12,8 @@
 //! over the whole table, since the only index is on `created_at`. The example
 //! shows the miss (the query) and the hit (no query), inserts one new order,
 //! shows that the cached figure is now out of date, drops every entry of the
-//! region with `aside::invalidate_tag("region:eu")`, and shows the fresh figure.
+//! region with `invalidate_tag("region:eu")` once the insert's transaction has
+//! committed (`Cache::after_commit`), and shows the fresh figure.
 //! Each run adds one order to the file; delete the file to start over.
 
 use std::future::Future;
@@ -125,19 +126,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (us_before, _) = call(&cache, "us 2025", revenue_by_month(&db, "us", 2025)).await?;
     println!();
 
-    // New data arrives.
+    // New data arrives, in a transaction. The invalidation it calls for waits
+    // for the commit: sent before it, a reader in between would cache the old
+    // figure again (see `Cache::after_commit`).
+    let mut after = cache.after_commit();
+    after.invalidate_tag("region:eu");
     let amount_cents: i64 = 1_234_567;
     let id = db
         .run(move |conn| {
-            conn.execute(
+            let tx = conn.transaction()?;
+            tx.execute(
                 "INSERT INTO orders (region, year, month, amount_cents, created_at)
                  VALUES ('eu', 2025, 11, ?1, '2025-11-30 23:59:00')",
                 params![amount_cents],
             )?;
-            Ok(conn.last_insert_rowid())
+            let id = tx.last_insert_rowid();
+            tx.commit()?;
+            Ok(id)
         })
         .await?;
-    println!("inserted:    order #{id}, eu, 2025-11, {}", money(amount_cents));
+    println!(
+        "inserted:    order #{id}, eu, 2025-11, {} (committed)",
+        money(amount_cents)
+    );
     let (cached, _) = call(
         &cache,
         "eu 2025, before invalidating",
@@ -149,8 +160,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         money(total(&cached))
     );
 
-    let removed = aside::invalidate_tag("region:eu").await?;
-    println!("invalidate_tag(\"region:eu\"): {removed} entries removed (eu 2025 and eu 2024)");
+    let removed = after.commit().await?;
+    println!("after the commit, invalidate_tag(\"region:eu\"): {removed} entries removed (eu 2025 and eu 2024)");
     let (after, _) = call(&cache, "eu 2025, after invalidating", revenue_by_month(&db, "eu", 2025)).await?;
     let (us_after, _) = call(
         &cache,

@@ -4,6 +4,7 @@
 pub use cache_macros::cached;
 pub use cache_runtime::tag;
 pub use cache_runtime::Adaptive;
+pub use cache_runtime::AfterCommit;
 pub use cache_runtime::CacheStatus;
 pub use cache_runtime::{
     config, expire_key, expire_tag, invalidate_key, invalidate_pattern, invalidate_tag, key, policy, stats,

@@ -53,7 +53,7 @@ pub mod __private;
 
 pub use breaker::BreakerState;
 pub use cache::global::{expire_key, expire_tag, invalidate_key, invalidate_pattern, invalidate_tag, stats};
-pub use cache::{Cache, CacheBuilder};
+pub use cache::{AfterCommit, Cache, CacheBuilder};
 pub use config::{BackendKind, MemoryCapacity, RedisTarget, Settings, TTL_CEILING};
 pub use entry::EntryFormat;
 pub use error::{Error, Result};

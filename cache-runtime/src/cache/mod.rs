@@ -30,6 +30,7 @@ use crate::tags;
 mod builder;
 pub(crate) mod global;
 
+pub use after_commit::AfterCommit;
 pub use builder::CacheBuilder;
 
 /// The debug span of one call named `$op` (a literal: span names are static): its
@@ -41,6 +42,7 @@ macro_rules! call_span {
     };
 }
 
+mod after_commit;
 mod detached;
 
 /// A handle to one cache: its settings, its store (Redis, memory or off) and its

@@ -236,6 +236,41 @@ async fn a_hit_on_a_copy_costs_no_round_trip() {
         "fifty hits, no request for the entry: {requests:#?}"
     );
     assert_eq!(runs.count(), 1);
+    let stats = cache.stats().total;
+    assert!(
+        stats.l1_hits >= 50 && stats.l1_hits <= stats.hits,
+        "counted apart: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_redis_empties_the_tier() {
+    let mut fx = Fixture::redis();
+    let cache = tiered(&fx).await;
+    let policy = Policy::new(Duration::from_secs(300));
+    let runs = Runs::default();
+    let old = warm(&cache, "k", &policy, &runs).await;
+    let Server::Single(server) = &mut fx.server else {
+        unreachable!()
+    };
+    // It keeps nothing on disk: after the restart the entry is gone.
+    server.restart();
+    let new = until_changed(&cache, "k", &policy, &old, &runs).await;
+    // Once the channel is confirmed again the tier serves the new entry.
+    let deadline = std::time::Instant::now() + aside_testkit::STUCK;
+    let l1_before = cache.stats().total.l1_hits;
+    loop {
+        let (value, status) = call(&cache, "k", &policy, "later", &runs).await;
+        assert_ne!(value, old, "the value Redis lost is never served again");
+        if status == CacheStatus::Hit && cache.stats().total.l1_hits > l1_before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tier never served again ({new})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

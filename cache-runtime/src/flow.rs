@@ -119,9 +119,18 @@ where
     pub(crate) fn read(&self) -> impl Future<Output = Found<O::Value>> + 'c {
         let (shared, entry, policy, probe) = (self.shared, self.entry, self.policy, self.probe);
         async move {
-            match shared.store.get(entry).await {
+            let (stored, copied) = match shared.store.copy(entry) {
+                Some(copy) => (Ok(Some(copy)), true),
+                None => (shared.store.get(entry).await, false),
+            };
+            match stored {
                 Ok(Some(bytes)) => match shared.codec.decode::<O::Value>(entry, &bytes, probe) {
-                    Some(found) if found.is_fresh() => Found::Fresh(found),
+                    Some(found) if found.is_fresh() => {
+                        if copied {
+                            probe.record(Event::L1Hit);
+                        }
+                        Found::Fresh(found)
+                    }
                     Some(found) if !policy.stale_window().is_zero() => Found::Stale(found.value),
                     _ => Found::Cold,
                 },

@@ -36,6 +36,9 @@ macro_rules! counter_table {
             calls {
                 hits: Hit => HITS = "aside_cache_hits_total",
                     "Calls answered from the cache.";
+                /// Also counted in `hits`; only with `CACHE_BACKEND=tiered`.
+                l1_hits: L1Hit => L1_HITS = "aside_cache_l1_hits_total",
+                    "Hits answered from the tiered store's in-process copy, without a round trip.";
                 /// They computed, or waited for another caller's computation (see `lock_waits`).
                 misses: Miss => MISSES = "aside_cache_misses_total",
                     "Calls that found no usable entry.";

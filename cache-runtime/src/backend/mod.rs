@@ -250,6 +250,15 @@ impl Backend for Store {
 }
 
 impl Store {
+    /// The tiered store's in-process copy of `key`, if it holds a usable one:
+    /// a hit without a round trip.
+    pub(crate) fn copy(&self, key: &str) -> Option<Bytes> {
+        match self {
+            Store::Redis(redis) => redis.copy(key),
+            Store::Memory(_) | Store::Off(_) => None,
+        }
+    }
+
     /// Frees the lease of `entry` if `token` still holds it, without waiting:
     /// what a computation that was dropped mid-way (its caller cancelled) or
     /// whose store failed leaves behind. The memory store frees it now; the Redis

@@ -229,6 +229,11 @@ impl RedisStore {
         }
     }
 
+    /// This process's copy of `key` in the first tier, if it holds a usable one.
+    pub(crate) fn copy(&self, key: &str) -> Option<Bytes> {
+        self.l1.as_ref()?.get(key)
+    }
+
     /// Drops this process's copy of `key` from the first tier, if any.
     fn forget(&self, key: &str) {
         if let Some(l1) = &self.l1 {

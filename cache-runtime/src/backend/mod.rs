@@ -53,6 +53,32 @@ pub(crate) struct Record<'a> {
     pub(crate) ceiling: Duration,
 }
 
+/// Something an in-process store keeps per key, and how many bytes it holds.
+pub(crate) trait Weighed {
+    /// The bytes the value holds (its key is counted apart).
+    fn bytes(&self) -> usize;
+}
+
+/// A moka cache of byte-holding values by key, bounded by `capacity`: so many
+/// entries, or so many bytes of keys and values. One definition for the memory
+/// store and the tiered store's first tier, so `CACHE_MEMORY_CAPACITY` means
+/// the same in both.
+pub(crate) fn bounded<V>(
+    builder: moka::sync::CacheBuilder<String, V, moka::sync::Cache<String, V>>,
+    capacity: crate::config::MemoryCapacity,
+) -> moka::sync::Cache<String, V>
+where
+    V: Weighed + Clone + Send + Sync + 'static,
+{
+    match capacity {
+        crate::config::MemoryCapacity::Entries(n) => builder.max_capacity(n).build(),
+        crate::config::MemoryCapacity::Bytes(n) => builder
+            .max_capacity(n)
+            .weigher(|key: &String, value: &V| u32::try_from(key.len() + value.bytes()).unwrap_or(u32::MAX))
+            .build(),
+    }
+}
+
 /// A lease token: unique across processes (a per-process random seed and a
 /// counter). Whoever holds the lease of an entry is known by its token.
 pub(crate) fn new_token() -> String {

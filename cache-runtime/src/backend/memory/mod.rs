@@ -22,6 +22,12 @@ struct Slot {
     expires_at: Instant,
 }
 
+impl super::Weighed for Slot {
+    fn bytes(&self) -> usize {
+        self.value.len()
+    }
+}
+
 struct ExpiresAt;
 
 impl Expiry<String, Slot> for ExpiresAt {
@@ -144,14 +150,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl MemoryStore {
     pub(crate) fn new(capacity: MemoryCapacity, wake: Arc<dyn Wake>) -> MemoryStore {
-        let builder = Moka::builder().expire_after(ExpiresAt);
-        let entries = match capacity {
-            MemoryCapacity::Entries(n) => builder.max_capacity(n).build(),
-            MemoryCapacity::Bytes(n) => builder
-                .max_capacity(n)
-                .weigher(|key: &String, slot: &Slot| u32::try_from(key.len() + slot.value.len()).unwrap_or(u32::MAX))
-                .build(),
-        };
+        let entries = super::bounded(Moka::builder().expire_after(ExpiresAt), capacity);
         MemoryStore {
             entries,
             tags: (0..TAG_SHARDS).map(|_| Mutex::default()).collect(),

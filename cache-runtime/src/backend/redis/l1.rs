@@ -50,6 +50,12 @@ struct Copy {
     fresh_until_ms: u64,
 }
 
+impl crate::backend::Weighed for Copy {
+    fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
 /// Expires each copy when its entry stops being fresh.
 struct FreshLife;
 
@@ -84,14 +90,7 @@ impl std::fmt::Debug for L1 {
 impl L1 {
     /// A tier bounded by `capacity`, whose heartbeat is `beat` (unique per store).
     pub(crate) fn new(capacity: MemoryCapacity, beat: String) -> L1 {
-        let builder = Moka::builder().expire_after(FreshLife);
-        let copies = match capacity {
-            MemoryCapacity::Entries(n) => builder.max_capacity(n).build(),
-            MemoryCapacity::Bytes(n) => builder
-                .max_capacity(n)
-                .weigher(|key: &String, copy: &Copy| u32::try_from(key.len() + copy.bytes.len()).unwrap_or(u32::MAX))
-                .build(),
-        };
+        let copies = crate::backend::bounded(Moka::builder().expire_after(FreshLife), capacity);
         L1 {
             copies,
             generations: std::array::from_fn(|_| AtomicU64::new(0)),

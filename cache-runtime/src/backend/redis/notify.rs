@@ -171,10 +171,8 @@ async fn run(
                 let mut messages = pubsub.into_on_message();
                 loop {
                     let message = if beating.is_some() {
-                        match tokio::time::timeout(SILENCE, messages.next()).await {
-                            Ok(message) => message,
-                            Err(_) => None,
-                        }
+                        // Silence counts as the end of the subscription.
+                        tokio::time::timeout(SILENCE, messages.next()).await.ok().flatten()
                     } else {
                         messages.next().await
                     };

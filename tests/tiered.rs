@@ -327,3 +327,145 @@ async fn a_silently_cut_channel_empties_and_bypasses_the_tier() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// How long each tiered child process reads.
+const CHILD_READS_FOR: Duration = Duration::from_secs(4);
+/// How long after an invalidation returned in another process a tier may still
+/// answer from its old copy: the announcement on its way (loopback, a loaded
+/// 2-core machine). Guarantee 12 promises milliseconds; this is a stuck bound.
+const REACH: Duration = Duration::from_millis(250);
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// One tiered process of [`tiered_processes_see_every_invalidation_of_a_plain_one`]:
+/// reads three tagged keys for [`CHILD_READS_FOR`]; a computation returns the
+/// data generation (`data`, a raw key the parent bumps before each
+/// invalidation). Before each call it reads `done` — `<generation>:<unix ms>`,
+/// written by the parent once that generation's invalidation returned — and
+/// counts a call that started more than [`REACH`] after it and still answered
+/// an older generation. Prints `reads R stale S l1_hits H`.
+#[test]
+#[ignore = "child process of tiered_processes_see_every_invalidation_of_a_plain_one"]
+fn tiered_reader_child() {
+    let Some(env) = aside_testkit::child_env(&["ASIDE_TIERED_URL"]) else {
+        eprintln!("tiered_reader_child: not started by its parent test; nothing to do");
+        return;
+    };
+    aside_testkit::child_runtime().block_on(async move {
+        let url = env["ASIDE_TIERED_URL"].clone();
+        let cache = Cache::builder()
+            .redis_url(&url)
+            .tiered()
+            .build()
+            .await
+            .expect("child cache");
+        let client = redis::Client::open(url.as_str()).expect("client");
+        let mut raw = client.get_multiplexed_async_connection().await.expect("raw");
+        let policy = Policy::new(Duration::from_secs(300)).tags(["orders"]);
+        let (mut reads, mut stale) = (0u64, 0u64);
+        let started = std::time::Instant::now();
+        let mut n = 0u64;
+        while started.elapsed() < CHILD_READS_FOR {
+            n += 1;
+            let done: Option<String> = redis::cmd("GET").arg("done").query_async(&mut raw).await.unwrap();
+            let (done_gen, done_at) = done
+                .and_then(|d| {
+                    let (g, t) = d.split_once(':')?;
+                    Some((g.parse::<u64>().ok()?, t.parse::<u64>().ok()?))
+                })
+                .unwrap_or((0, 0));
+            let call_at = unix_ms();
+            let key = format!("k{}", n % 3);
+            let mut data = raw.clone();
+            let aside::Plain(value) = cache
+                .get_or_compute(key.as_str(), &policy, move || async move {
+                    let generation: Option<u64> = redis::cmd("GET").arg("data").query_async(&mut data).await.unwrap();
+                    aside::Plain(generation.unwrap_or(0))
+                })
+                .await;
+            reads += 1;
+            if value < done_gen && call_at > done_at + u64::try_from(REACH.as_millis()).unwrap() {
+                stale += 1;
+                eprintln!(
+                    "stale: {key} answered generation {value} at {call_at}, invalidated up to {done_gen} at {done_at}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        println!("reads {reads} stale {stale} l1_hits {}", cache.stats().total.l1_hits);
+    });
+}
+
+/// Guarantee 12 across real processes: two tiered processes keep reading while a
+/// third, on the plain Redis backend, changes the data and invalidates by key,
+/// tag and pattern in turn; neither answers an invalidated generation once the
+/// announcement had time to arrive, and both served hits from their copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_processes_see_every_invalidation_of_a_plain_one() {
+    let fx = Fixture::redis();
+    let Server::Single(server) = &fx.server else {
+        unreachable!()
+    };
+    let plain = fx.cache().await;
+    let mut raw = server.client().get_multiplexed_async_connection().await.expect("raw");
+    let mut children = aside_testkit::Children::default();
+    for _ in 0..2 {
+        children.spawn(
+            "tiered_reader_child",
+            &[("ASIDE_TIERED_URL", server.url()), ("RUST_LOG", "off".to_owned())],
+        );
+    }
+    let started = std::time::Instant::now();
+    let mut generation = 0u64;
+    while started.elapsed() < CHILD_READS_FOR - Duration::from_millis(500) {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        generation += 1;
+        let _: () = redis::cmd("SET")
+            .arg("data")
+            .arg(generation)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        match generation % 3 {
+            0 => {
+                for k in ["k0", "k1", "k2"] {
+                    plain.invalidate_key(k).await.unwrap();
+                }
+            }
+            1 => {
+                plain.invalidate_tag("orders").await.unwrap();
+            }
+            _ => {
+                plain.invalidate_pattern("k*").await.unwrap();
+            }
+        }
+        let done = format!("{generation}:{}", unix_ms());
+        let _: () = redis::cmd("SET")
+            .arg("done")
+            .arg(done)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+    }
+    let outputs = children.wait(aside_testkit::STUCK).await;
+    assert!(generation >= 10, "{generation} invalidations");
+    for output in outputs {
+        assert!(output.status.success(), "child failed: {}", output.stderr);
+        let line = output
+            .stdout
+            .lines()
+            .find(|line| line.starts_with("reads "))
+            .unwrap_or_else(|| panic!("no report from the child: {output:?}"));
+        let numbers: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        let [reads, stale, l1_hits] = numbers[..] else {
+            panic!("{line}")
+        };
+        println!("tiered child: {line}; {generation} invalidations");
+        assert_eq!(stale, 0, "{line}\n{}", output.stderr);
+        assert!(reads > 100 && l1_hits > 0, "the child read from its tier: {line}");
+    }
+}

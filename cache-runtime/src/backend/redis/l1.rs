@@ -238,6 +238,30 @@ mod tests {
     }
 
     #[test]
+    fn the_tier_stays_within_its_bound_with_ten_times_more_keys() {
+        let l1 = L1::new(MemoryCapacity::Entries(100), "#test".to_owned());
+        l1.confirmed();
+        for n in 0..1_000 {
+            let key = format!("k{n}");
+            l1.fill(&key, &fresh("v"), l1.generation(&key));
+        }
+        l1.copies.run_pending_tasks();
+        assert!(l1.copies.entry_count() <= 100, "{} copies", l1.copies.entry_count());
+        let bytes = L1::new(MemoryCapacity::Bytes(10_000), "#test".to_owned());
+        bytes.confirmed();
+        for n in 0..1_000 {
+            let key = format!("k{n}");
+            bytes.fill(&key, &fresh("v"), bytes.generation(&key));
+        }
+        bytes.copies.run_pending_tasks();
+        assert!(
+            bytes.copies.weighted_size() <= 10_000,
+            "{} bytes",
+            bytes.copies.weighted_size()
+        );
+    }
+
+    #[test]
     fn stale_entries_are_not_kept() {
         let l1 = l1();
         let stale = Bytes::from(entry::encode(&"v", Duration::ZERO).unwrap());

@@ -13,6 +13,7 @@ use crate::entry;
 use crate::flow::{Call, Found};
 use crate::key::Key;
 use crate::lock::flight::Role;
+use crate::lock::REFRESH_BACKOFF;
 use crate::outcome::Outcome;
 use crate::policy::Policy;
 use crate::stats::Event;
@@ -177,9 +178,18 @@ impl Cache {
                 let refreshed = Call::new(&cache.inner.shared, &entry, &policy, &probe, compute)
                     .refresh_in_background()
                     .await;
+                let settled = refreshed
+                    .as_ref()
+                    .is_some_and(|outcome| outcome.cacheable(&policy).is_some() || outcome.declined().is_some());
                 if let (Some(reply), Some(outcome)) = (reply, refreshed) {
                     // The caller may have stopped waiting (its soft timeout): the value is stored anyway.
                     let _ = reply.send(outcome);
+                }
+                if !settled {
+                    // Busy elsewhere, failed, or the store failed: this process's
+                    // callers do not start another for a while (each would cost a
+                    // lease request), as the lease keeps other processes back.
+                    tokio::time::sleep(REFRESH_BACKOFF).await;
                 }
             }
             .instrument(span),

@@ -9,7 +9,8 @@ pub use cache_runtime::CacheStatus;
 pub use cache_runtime::{
     config, expire_key, expire_tag, invalidate_key, invalidate_pattern, invalidate_tag, key, policy, stats,
     BackendKind, BreakerState, Cache, CacheBuilder, Counters, EntryFormat, Error, Events, Invalidation,
-    InvalidationKind, Key, MemoryCapacity, Outcome, Plain, Policy, RedisTarget, Result, Settings, Stats, TTL_CEILING,
+    InvalidationKind, Key, MemoryCapacity, NodeBreaker, Outcome, Plain, Policy, RedisTarget, Result, Settings, Stats,
+    TTL_CEILING,
 };
 
 #[cfg(feature = "tower")]

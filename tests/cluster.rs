@@ -143,11 +143,9 @@ async fn entries_spread_over_every_master_and_hit() {
 /// - Right after a master dies, the two live masters keep serving their slots:
 ///   their entries are hits, while calls for the dead master's slots fail
 ///   (connection refused, or the 200 ms operation timeout) and compute.
-/// - The circuit breaker is one per cache, not per node: a run of
-///   consecutive calls for the dead master's slots (5) opens it, and then every
-///   call skips Redis — the live masters' entries compute too — until a probe
-///   succeeds. Calls that alternate between live and dead slots keep it closed
-///   (a success resets the count of consecutive failures).
+/// - The circuit breakers are one per master: a run of calls for the dead
+///   master's slots (5) opens its breaker, and then those calls skip Redis
+///   while the live masters' entries stay hits (`tests/node_breakers.rs`).
 /// - Once the live masters declare the dead one failed (about the node timeout
 ///   later; with `cluster-require-full-coverage yes`, the default), they answer
 ///   `CLUSTERDOWN` for every slot, so live entries stop being hits as well.
@@ -206,7 +204,7 @@ async fn killing_one_master_leaves_the_others_serving_and_fails_open_for_its_slo
     println!("live entries all hits {phase_a:?} after the kill");
     println!("alternating (dead call latency, live call hit?, since kill): {alternating:?}");
 
-    // Dead slots in a row: each computes; the breaker opens for the whole cluster.
+    // Dead slots in a row: each computes; the dead master's breaker opens.
     for &n in &on_dead {
         assert!(!square.call(n).await);
     }

@@ -32,6 +32,19 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+/// One breaker's state and counts: on a cluster, a master's (see
+/// [`Stats::breakers`](crate::Stats::breakers)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeBreaker {
+    /// Whether calls for this node reach it.
+    pub state: BreakerState,
+    /// How many times this breaker opened.
+    pub opened: u64,
+    /// Operations it skipped while open.
+    pub skips: u64,
+}
+
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
@@ -55,7 +68,8 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since a fixed instant of the process, the breakers' clock.
+pub(crate) fn now_ms() -> u64 {
     u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -236,6 +250,16 @@ impl Breaker {
             self.opened.load(Ordering::Relaxed),
             self.skipped.load(Ordering::Relaxed),
         )
+    }
+
+    /// The state and counts, for [`Stats`](crate::Stats).
+    pub(crate) fn snapshot(&self) -> NodeBreaker {
+        let (opened, skips) = self.counts();
+        NodeBreaker {
+            state: self.state(),
+            opened,
+            skips,
+        }
     }
 }
 

@@ -51,7 +51,7 @@ mod tags;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use breaker::BreakerState;
+pub use breaker::{BreakerState, NodeBreaker};
 pub use cache::global::{expire_key, expire_tag, invalidate_key, invalidate_pattern, invalidate_tag, stats};
 pub use cache::{AfterCommit, Cache, CacheBuilder};
 pub use config::{BackendKind, MemoryCapacity, RedisTarget, Settings, TTL_CEILING};

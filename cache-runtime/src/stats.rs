@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::breaker::BreakerState;
+use crate::breaker::{BreakerState, NodeBreaker};
 
 /// The counters, each named once: its [`Counters`] field, its [`Event`], its
 /// metric (the constant of `aside::metrics` and the name exported) and its help
@@ -199,13 +199,22 @@ pub struct Stats {
     pub total: Counters,
     /// Per function (the policy's [`function`](crate::Policy::function) name).
     pub functions: BTreeMap<String, Counters>,
-    /// Whether calls reach Redis (always `Closed` for the memory and off backends).
+    /// Whether calls reach Redis (always `Closed` for the memory and off
+    /// backends). On a cluster, which has a breaker per master, the worst of
+    /// them: `Open` while any master's is open, else `HalfOpen` while one
+    /// probes, else `Closed`.
     pub breaker: BreakerState,
-    /// How many times the circuit breaker opened.
+    /// How many times the circuit breaker opened (on a cluster, any master's).
     pub breaker_opened: u64,
     /// Redis operations skipped while the breaker was open (each also counts as
-    /// a backend error of its call).
+    /// a backend error of its call); on a cluster, by every master's.
     pub breaker_skips: u64,
+    /// On a cluster, each master's breaker by its address (`host:port`, as
+    /// `CLUSTER SLOTS` names it); empty for a single node, a sentinel-managed
+    /// master and the memory and off backends. The totals above also count
+    /// the cluster's shared breaker, of requests no master is known for (before
+    /// the slot map is read).
+    pub breakers: BTreeMap<String, NodeBreaker>,
 }
 
 impl Stats {

@@ -681,8 +681,10 @@ impl Cache {
     pub fn stats(&self) -> Stats {
         let mut stats = self.inner.stats.snapshot();
         if let Store::Redis(store) = &**self.store() {
-            stats.breaker = store.breaker().state();
-            (stats.breaker_opened, stats.breaker_skips) = store.breaker().counts();
+            let breakers = store.breakers();
+            stats.breaker = breakers.state();
+            (stats.breaker_opened, stats.breaker_skips) = breakers.counts();
+            stats.breakers = breakers.per_master();
         }
         stats
     }

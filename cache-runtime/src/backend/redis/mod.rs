@@ -7,6 +7,7 @@
 
 mod background;
 pub(crate) mod l1;
+mod nodes;
 mod notify;
 mod scripts;
 mod sentinel;
@@ -24,11 +25,12 @@ use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
 
 use super::{Acquired, Backend, Record, Wake};
-use crate::breaker::{Breaker, BreakerState};
+use crate::breaker::{now_ms, BreakerState};
 use crate::config::{RedisTarget, Settings};
 use crate::error::{Error, Result};
 use crate::key::companion_key;
 use l1::L1;
+use nodes::{Breakers, Route};
 
 /// Invalidation scripts in flight at once.
 const INVALIDATION_CONCURRENCY: usize = 64;
@@ -59,6 +61,11 @@ const CLUSTER_RETRIES: u32 = 10;
 /// defaults (1.28 s at least) outlast any operation timeout, so every
 /// `TRYAGAIN` of a migrating slot would end as a timeout.
 const CLUSTER_RETRY_WAIT_MS: (u64, u64) = (2, 40);
+/// What part of the operation timeout tells a wedged cluster connection from
+/// one master timing out: a connection that answered any request within it,
+/// or answers another master's `PING` within it, is not wedged. Short, as the
+/// breaker skips every call of the master meanwhile.
+const WEDGE_CHECK_PART: u32 = 4;
 /// The first pause before re-sending a request the cluster turned away while
 /// a slot migrates; doubled up to [`RESHARD_MAX_PAUSE`], within the operation timeout.
 const RESHARD_FIRST_PAUSE: Duration = Duration::from_millis(2);
@@ -170,7 +177,8 @@ pub(crate) struct RedisStore {
     /// The count of switches the breaker last heard of: a new master is worth
     /// probing at once, without waiting out the backoff the old one earned.
     switches_probed: std::sync::atomic::AtomicU64,
-    breaker: Breaker,
+    /// One breaker, or on a cluster one per master ([`nodes`]).
+    breakers: Arc<Breakers>,
     /// Where stores and invalidations are announced: waiters wake, tiered
     /// stores drop their copies.
     channel: String,
@@ -207,6 +215,10 @@ impl RedisStore {
             (None, Some(sentinel)) => notify::Source::Sentinel(Arc::clone(sentinel)),
             (None, None) => notify::Source::Nodes(vec![target.secret_url().to_owned()]),
         };
+        let breakers = Arc::new(match target.cluster_nodes() {
+            Some(_) => Breakers::cluster(),
+            None => Breakers::single(),
+        });
         let l1 = tiered.then(|| Arc::new(L1::new(settings.memory_capacity, format!("#{}", super::new_token()))));
         let listener = notify::Listener::new(source, tls_ca.clone(), channel.clone(), waiters, l1.clone());
         let switches = target
@@ -221,7 +233,7 @@ impl RedisStore {
             connection: std::sync::RwLock::default(),
             switches,
             switches_probed: std::sync::atomic::AtomicU64::new(0),
-            breaker: Breaker::default(),
+            breakers,
             channel,
             listener,
             announce_refused: std::sync::atomic::AtomicBool::new(false),
@@ -261,15 +273,25 @@ impl RedisStore {
     }
 
     /// Connects now (and authenticates), so a bad address or password surfaces early.
+    /// On a cluster, also reads the slot map, so the first calls already answer
+    /// to their masters' breakers.
     pub(crate) async fn connect(&self, timeout: Duration) -> Result<()> {
-        self.background
+        let connection = self
+            .background
             .enter(async { tokio::time::timeout(timeout, self.connection()).await })
             .await
             .map_err(|_| Error::Timeout {
                 op: "connect",
                 after: timeout,
-            })?
-            .map(|_| ())
+            })??;
+        if let Connection::Cluster(conn, _) = connection {
+            if self.breakers.claim_map_read() {
+                self.background
+                    .enter(self.breakers.read_claimed_map(&conn, self.op_timeout))
+                    .await;
+            }
+        }
+        Ok(())
     }
 
     /// The cell the connection lives in now.
@@ -348,7 +370,11 @@ impl RedisStore {
     /// Every invalidation is idempotent (a tag's is resumed from its pending
     /// list), so running one again removes what the first run had not; what
     /// a run that failed had removed is not in the count returned.
-    async fn delivering<T, F, Fut>(&self, mut invalidate: F) -> Result<T>
+    ///
+    /// `on`: the route of the one key the invalidation touches, whose breaker
+    /// must let it through; `None` when it touches keys anywhere (a tag's or a
+    /// pattern's), and every breaker must.
+    async fn delivering<T, F, Fut>(&self, on: Option<Route<'_>>, mut invalidate: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
@@ -358,13 +384,13 @@ impl RedisStore {
         loop {
             let result = invalidate().await;
             let now = tokio::time::Instant::now();
+            let reachable = || match on {
+                Some(route) => self.breakers.reachable_within(route, deadline - now),
+                None => self.breakers.all_reachable_within(deadline - now),
+            };
             let retry = match &result {
-                Err(Error::Timeout { .. } | Error::CircuitOpen) if now < deadline => {
-                    self.breaker.reachable_within(deadline - now)
-                }
-                Err(error) if now < deadline && self.switching_master(error) => {
-                    self.breaker.reachable_within(deadline - now)
-                }
+                Err(Error::Timeout { .. } | Error::CircuitOpen) if now < deadline => reachable(),
+                Err(error) if now < deadline && self.switching_master(error) => reachable(),
                 _ => false,
             };
             if !retry {
@@ -418,8 +444,8 @@ impl RedisStore {
     }
 
     /// Runs `request` on the connection within the operation timeout, through
-    /// the circuit breaker.
-    async fn call<T, F, Fut>(&self, op: &'static str, request: F) -> Result<T>
+    /// the circuit breaker of `route` (on a cluster, its master's).
+    async fn call<T, F, Fut>(&self, op: &'static str, route: Route<'_>, request: F) -> Result<T>
     where
         F: FnOnce(Connection) -> Fut,
         Fut: std::future::Future<Output = RedisResult<T>>,
@@ -431,10 +457,11 @@ impl RedisStore {
                 .swap(switches, std::sync::atomic::Ordering::Relaxed)
                 != switches
             {
-                self.breaker.probe_now();
+                self.breakers.shared().probe_now();
             }
         }
-        let Some(permit) = self.breaker.allow() else {
+        let breaker = self.breakers.pick(route);
+        let Some(permit) = breaker.allow() else {
             // Skipping Redis touches no tokio resource, so a loop of skipped
             // calls would never yield: it could starve the very task whose
             // probe closes the breaker. Spend the task's cooperative budget as
@@ -485,12 +512,34 @@ impl RedisStore {
             }
         }
         let probe = permit.is_probe();
+        let node: &dyn std::fmt::Display = match breaker.master() {
+            Some(master) => master,
+            None => &self.target,
+        };
         match available {
-            Some(available) => permit.record(available, &self.target),
-            None => permit.abstain(&self.target),
+            Some(available) => permit.record(available, node),
+            None => permit.abstain(node),
+        }
+        if available == Some(true) {
+            self.breakers.answered();
+        } else {
+            // Perhaps the slot moved, or its master was replaced.
+            self.breakers.map_doubted();
+        }
+        if let Some(Connection::Cluster(conn, _)) = cell.get() {
+            if self.breakers.claim_map_read() {
+                let (breakers, conn, timeout) = (Arc::clone(&self.breakers), conn.clone(), self.op_timeout);
+                self.background.spawn(async move {
+                    breakers.read_claimed_map(&conn, timeout).await;
+                });
+            }
         }
         if matches!(result, Err(Error::Timeout { .. }))
-            && self.breaker.state() != BreakerState::Closed
+            && breaker.state() != BreakerState::Closed
+            && self
+                .breakers
+                .silent_since(now_ms().saturating_sub(millis(self.op_timeout / WEDGE_CHECK_PART)))
+            && self.wedged(&cell, breaker.master()).await
             && self.replace_wedged(&cell)
             && !probe
         {
@@ -499,9 +548,46 @@ impl RedisStore {
             // next call probes it instead of every call skipping Redis for the
             // backoff. A probe that times out on a new connection keeps the
             // backoff: that is Redis (or a node) down, not a wedged driver.
-            self.breaker.probe_now();
+            self.breakers.probe_now();
         }
         result
+    }
+
+    /// Whether a connection whose request to `failing` (a cluster's master;
+    /// `None` off a cluster) timed out while its breaker opened, and that
+    /// answered nothing lately, is wedged: on a cluster, when another master
+    /// whose breaker is closed does not answer a `PING` through it either
+    /// within a [`WEDGE_CHECK_PART`] of the operation timeout.
+    /// One master timing out while the others answer is that master down (its
+    /// breaker's business); a new connection would only cost the live
+    /// masters' calls the time it takes to connect, a frozen master included.
+    async fn wedged(&self, cell: &Arc<OnceCell<Connection>>, failing: Option<&nodes::Master>) -> bool {
+        let (Some(Connection::Cluster(conn, _)), Some(failing)) = (cell.get(), failing) else {
+            return true;
+        };
+        let other = self
+            .breakers
+            .masters()
+            .into_iter()
+            .flatten()
+            .find(|master| !std::ptr::eq(&**master, failing) && master.breaker().state() == BreakerState::Closed);
+        let Some(other) = other else {
+            return true;
+        };
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+            host: other.host().to_owned(),
+            port: other.port(),
+        });
+        let mut conn = conn.clone();
+        let patience = self.op_timeout / WEDGE_CHECK_PART;
+        let ping = tokio::time::timeout(patience, conn.route_command(redis::cmd("PING"), routing));
+        match self.background.enter(ping).await {
+            Ok(Ok(_)) => {
+                self.breakers.answered();
+                false
+            }
+            _ => true,
+        }
     }
 
     /// Logs once that the Redis user may not publish store announcements.
@@ -513,13 +599,13 @@ impl RedisStore {
         }
     }
 
-    /// The breaker's state, and how often it opened and skipped.
-    pub(crate) fn breaker(&self) -> &Breaker {
-        &self.breaker
+    /// The breakers' states, and how often they opened and skipped.
+    pub(crate) fn breakers(&self) -> &Breakers {
+        &self.breakers
     }
 
-    async fn run<T: FromRedisValue>(&self, op: &'static str, cmd: &Cmd) -> Result<T> {
-        self.call(op, |mut conn| async move { cmd.query_async(&mut conn).await })
+    async fn run<T: FromRedisValue>(&self, op: &'static str, route: Route<'_>, cmd: &Cmd) -> Result<T> {
+        self.call(op, route, |mut conn| async move { cmd.query_async(&mut conn).await })
             .await
     }
 
@@ -527,7 +613,13 @@ impl RedisStore {
     async fn scan_each(&self, pattern: &str, mut each: impl AsyncBatch) -> Result<u64> {
         let nodes = match self.connection().await? {
             Connection::Single(_) | Connection::Sentinel(..) => vec![None],
-            Connection::Cluster(..) => self.masters().await?.into_iter().map(Some).collect(),
+            Connection::Cluster(conn, _) => self
+                .background
+                .enter(self.breakers.read_map(&conn, self.op_timeout))
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect(),
         };
         let mut total = 0;
         for node in nodes {
@@ -536,14 +628,14 @@ impl RedisStore {
                 let mut scan = redis::cmd("SCAN");
                 scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(SCAN_COUNT);
                 let (next, keys): (u64, Vec<String>) = match &node {
-                    None => self.run("SCAN", &scan).await?,
-                    Some((host, port)) => {
+                    None => self.run("SCAN", Route::Any, &scan).await?,
+                    Some(master) => {
                         let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                            host: host.clone(),
-                            port: *port,
+                            host: master.host().to_owned(),
+                            port: master.port(),
                         });
                         let value = self
-                            .call("SCAN", |conn| async move {
+                            .call("SCAN", Route::Node(master.host(), master.port()), |conn| async move {
                                 match conn {
                                     Connection::Cluster(conn, patience) => {
                                         resending(patience, &conn, |mut conn| {
@@ -573,28 +665,6 @@ impl RedisStore {
         Ok(total)
     }
 
-    /// The (host, port) of every master of the cluster.
-    async fn masters(&self) -> Result<Vec<(String, u16)>> {
-        let slots: Vec<Value> = self.run("CLUSTER SLOTS", redis::cmd("CLUSTER").arg("SLOTS")).await?;
-        let mut masters = Vec::new();
-        for range in slots {
-            let Value::Array(fields) = range else {
-                continue;
-            };
-            let Some(Value::Array(master)) = fields.get(2) else {
-                continue;
-            };
-            let host: Option<String> = master.first().and_then(|v| redis::from_redis_value_ref(v).ok());
-            let port: Option<u16> = master.get(1).and_then(|v| redis::from_redis_value_ref(v).ok());
-            if let (Some(host), Some(port)) = (host, port) {
-                if !masters.contains(&(host.clone(), port)) {
-                    masters.push((host, port));
-                }
-            }
-        }
-        Ok(masters)
-    }
-
     /// Runs a lease script (KEYS: the lease; ARGV: the token and a TTL in ms).
     async fn lease_script(
         &self,
@@ -604,7 +674,7 @@ impl RedisStore {
         token: &str,
         ms: u64,
     ) -> Result<i64> {
-        self.call(op, |mut conn| async move {
+        self.call(op, Route::Key(lease), |mut conn| async move {
             script.key(lease).arg(token).arg(ms).invoke_async(&mut conn).await
         })
         .await
@@ -643,9 +713,10 @@ impl RedisStore {
                 // that timed out — its request lost while the cluster client
                 // follows a slot being moved — is sent again.
                 let mut attempt = 1;
+                let route = Route::Key(entries.first().map_or("", String::as_str));
                 loop {
                     let sent = self
-                        .call("invalidate batch", |mut conn| async move {
+                        .call("invalidate batch", route, |mut conn| async move {
                             let mut invocation = scripts::INVALIDATE_BATCH.prepare_invoke();
                             invocation.key(entries).key(leases);
                             if let Some((detached, pending)) = detached {
@@ -675,7 +746,8 @@ impl RedisStore {
             .map(|entries| async move {
                 let leases: Vec<String> = entries.iter().map(|entry| lease_key(entry)).collect();
                 let (entries, leases, channel) = (&entries, &leases, &self.channel);
-                self.call("expire batch", |mut conn| async move {
+                let route = Route::Key(entries.first().map_or("", String::as_str));
+                self.call("expire batch", route, |mut conn| async move {
                     let mut invocation = scripts::EXPIRE_BATCH.prepare_invoke();
                     invocation
                         .key(entries)
@@ -701,7 +773,8 @@ impl RedisStore {
         stream::iter(chunked(groups, 2 * ENTRIES_PER_SCRIPT))
             .map(|keys| async move {
                 let (keys, channel) = (&keys, &self.channel);
-                self.call("delete batch", |mut conn| async move {
+                let route = Route::Key(keys.first().map_or("", String::as_str));
+                self.call("delete batch", route, |mut conn| async move {
                     let mut invocation = scripts::DELETE_BATCH.prepare_invoke();
                     invocation.key(keys).arg(channel);
                     invocation.invoke_async::<u64>(&mut conn).await
@@ -724,7 +797,7 @@ impl RedisStore {
         loop {
             let mut read = redis::cmd("ZRANGE");
             read.arg(detached).arg(0).arg(TAG_BATCH - 1);
-            let members: Vec<String> = self.run("ZRANGE", &read).await?;
+            let members: Vec<String> = self.run("ZRANGE", Route::Key(detached), &read).await?;
             if members.is_empty() {
                 self.finish_detached(detached, pending).await?;
                 break;
@@ -738,7 +811,7 @@ impl RedisStore {
                 let mut forget = redis::cmd("ZREM");
                 forget.arg(detached).arg(&members);
                 removed += self.invalidate_entries(members).await?;
-                let _: u64 = self.run("ZREM", &forget).await?;
+                let _: u64 = self.run("ZREM", Route::Key(detached), &forget).await?;
                 if last {
                     self.finish_detached(detached, pending).await?;
                 }
@@ -753,7 +826,7 @@ impl RedisStore {
     /// Drops an emptied detached set from the tag's pending list.
     async fn finish_detached(&self, detached: &str, pending: &str) -> Result<()> {
         let _: i64 = self
-            .call("finish detached tag", |mut conn| async move {
+            .call("finish detached tag", Route::Key(detached), |mut conn| async move {
                 scripts::FINISH_DETACHED
                     .key(detached)
                     .key(pending)
@@ -876,7 +949,7 @@ fn lease_key(entry: &str) -> String {
 impl Backend for RedisStore {
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let Some(l1) = &self.l1 else {
-            let value: Option<Vec<u8>> = self.run("GET", redis::cmd("GET").arg(key)).await?;
+            let value: Option<Vec<u8>> = self.run("GET", Route::Key(key), redis::cmd("GET").arg(key)).await?;
             return Ok(value.map(Bytes::from));
         };
         if let Some(copy) = l1.get(key) {
@@ -887,7 +960,7 @@ impl Backend for RedisStore {
             self.listen(Duration::ZERO).await;
         }
         let generation = l1.generation(key);
-        let value: Option<Vec<u8>> = self.run("GET", redis::cmd("GET").arg(key)).await?;
+        let value: Option<Vec<u8>> = self.run("GET", Route::Key(key), redis::cmd("GET").arg(key)).await?;
         let value = value.map(Bytes::from);
         if let Some(bytes) = &value {
             l1.fill(key, bytes, generation);
@@ -903,18 +976,20 @@ impl Backend for RedisStore {
             .arg(&value[..])
             .arg(millis(ttl))
             .arg(&self.channel);
-        let set = self.run::<i64>("SET", &set).await;
+        let set = self.run::<i64>("SET", Route::Key(key), &set).await;
         self.forget(key);
         set.map(|_| ())
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
-        let found: u64 = self.run("EXISTS", redis::cmd("EXISTS").arg(key)).await?;
+        let found: u64 = self
+            .run("EXISTS", Route::Key(key), redis::cmd("EXISTS").arg(key))
+            .await?;
         Ok(found > 0)
     }
 
     async fn ttl(&self, key: &str) -> Result<Option<Duration>> {
-        let ms: i64 = self.run("PTTL", redis::cmd("PTTL").arg(key)).await?;
+        let ms: i64 = self.run("PTTL", Route::Key(key), redis::cmd("PTTL").arg(key)).await?;
         Ok(match ms {
             -2 => None,
             // -1: no expiry. The runtime never writes such a key; report it as "forever".
@@ -925,14 +1000,37 @@ impl Backend for RedisStore {
 
     async fn ping(&self) -> Result<Duration> {
         let started = Instant::now();
-        let _: String = self.run("PING", &redis::cmd("PING")).await?;
+        let Some(masters) = self.breakers.masters() else {
+            let _: String = self.run("PING", Route::Any, &redis::cmd("PING")).await?;
+            return Ok(started.elapsed());
+        };
+        // Every master, each through its own breaker, as redis-rs sends a
+        // PING to every master: the cluster answers if all of them do.
+        let each = masters.iter().map(|master| {
+            self.call(
+                "PING",
+                Route::Node(master.host(), master.port()),
+                move |conn| async move {
+                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: master.host().to_owned(),
+                        port: master.port(),
+                    });
+                    match conn {
+                        Connection::Cluster(mut conn, _) => conn.route_command(redis::cmd("PING"), routing).await,
+                        Connection::Single(mut conn) => redis::cmd("PING").query_async(&mut conn).await,
+                        Connection::Sentinel(mut conn, _) => redis::cmd("PING").query_async(&mut conn).await,
+                    }
+                },
+            )
+        });
+        futures_util::future::try_join_all(each).await?;
         Ok(started.elapsed())
     }
 
     async fn register(&self, entry: &str, record: Record<'_>) -> Result<()> {
         let (lifetime, ceiling) = (millis(record.lifetime), millis(record.ceiling));
         let each = record.tag_keys.iter().map(|tag_key| {
-            self.call("register tag", move |mut conn| async move {
+            self.call("register tag", Route::Key(tag_key), move |mut conn| async move {
                 let mut invocation = scripts::REGISTER.key(tag_key);
                 invocation.arg(entry).arg(lifetime).arg(ceiling);
                 invocation.invoke_async::<i64>(&mut conn).await
@@ -956,7 +1054,7 @@ impl Backend for RedisStore {
         let in_script: &[String] = if on_cluster { &[] } else { record.tag_keys };
         let lease = &lease_key(entry);
         let answer: Value = self
-            .call("acquire lease", |mut conn| async move {
+            .call("acquire lease", Route::Key(lease), |mut conn| async move {
                 let mut invocation = scripts::ACQUIRE_LEASE.key(lease);
                 invocation.key(entry);
                 for tag_key in in_script {
@@ -1015,7 +1113,7 @@ impl Backend for RedisStore {
             .arg(lease_key(entry))
             .arg(token)
             .arg(&self.channel);
-        let released: i64 = self.run("release lease", &release).await?;
+        let released: i64 = self.run("release lease", Route::Key(entry), &release).await?;
         if released == scripts::DONE_UNANNOUNCED {
             self.announcement_refused();
         }
@@ -1033,13 +1131,15 @@ impl Backend for RedisStore {
     }
 
     async fn invalidate_entry(&self, entry: &str) -> Result<bool> {
-        let removed = self.delivering(|| self.invalidate_entry_once(entry)).await;
+        let removed = self
+            .delivering(Some(Route::Key(entry)), || self.invalidate_entry_once(entry))
+            .await;
         self.forget(entry);
         removed
     }
 
     async fn invalidate_tag(&self, tag_key: &str) -> Result<u64> {
-        let removed = self.delivering(|| self.invalidate_tag_once(tag_key)).await;
+        let removed = self.delivering(None, || self.invalidate_tag_once(tag_key)).await;
         self.forget_all();
         removed
     }
@@ -1057,7 +1157,7 @@ impl Backend for RedisStore {
     }
 
     async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
-        let removed = self.delivering(|| self.invalidate_pattern_once(pattern)).await;
+        let removed = self.delivering(None, || self.invalidate_pattern_once(pattern)).await;
         self.forget_all();
         removed
     }
@@ -1075,7 +1175,7 @@ impl RedisStore {
         let ms = millis(ttl);
         let channel = &self.channel;
         let stored: i64 = self
-            .call("store", |mut conn| async move {
+            .call("store", Route::Key(entry), |mut conn| async move {
                 let mut invocation = scripts::STORE_LEASED.key(entry);
                 invocation.key(&lease).arg(token).arg(&value[..]).arg(ms).arg(channel);
                 invocation.invoke_async(&mut conn).await
@@ -1096,7 +1196,7 @@ impl RedisStore {
         loop {
             let mut read = redis::cmd("ZRANGE");
             read.arg(tag_key).arg(from).arg(from + TAG_BATCH - 1);
-            let members: Vec<String> = self.run("ZRANGE", &read).await?;
+            let members: Vec<String> = self.run("ZRANGE", Route::Key(tag_key), &read).await?;
             let last = members.len() < TAG_BATCH;
             if !members.is_empty() {
                 expired += self.expire_entries(members).await?;
@@ -1114,7 +1214,7 @@ impl RedisStore {
     async fn invalidate_entry_once(&self, entry: &str) -> Result<bool> {
         let lease = lease_key(entry);
         let removed: i64 = self
-            .call("invalidate", |mut conn| async move {
+            .call("invalidate", Route::Key(entry), |mut conn| async move {
                 scripts::INVALIDATE_ENTRY
                     .key(entry)
                     .key(&lease)
@@ -1136,7 +1236,7 @@ impl RedisStore {
         let detached = companion_key(tag_key, &format!("invalidating:{}", super::new_token()));
         let (pending, detached) = (&pending, &detached);
         let sets: Vec<String> = self
-            .call("detach tag", |mut conn| async move {
+            .call("detach tag", Route::Key(tag_key), |mut conn| async move {
                 scripts::DETACH_TAG
                     .key(tag_key)
                     .key(pending)

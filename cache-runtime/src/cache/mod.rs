@@ -41,6 +41,7 @@ macro_rules! call_span {
     };
 }
 
+mod batch;
 mod detached;
 
 /// A handle to one cache: its settings, its store (Redis, memory or off) and its

@@ -5,7 +5,7 @@
 //! cargo bench --bench compare             # full run; writes docs/benchmarks.svg
 //! cargo bench --bench compare -- --quick  # a smoke run, well under a minute
 //! cargo bench --bench compare -- hit memory  # only these sections (also: miss storm
-//!                                            # tags pattern footprint keys); no docs chart
+//!                                            # tags pattern footprint keys batch); no docs chart
 //! ```
 //!
 //! Each comparison prints one line,
@@ -29,6 +29,8 @@
 //! The cold-key storm runs in child processes: this binary re-executes itself with
 //! `ASIDE_BENCH_STORM_CHILD` set (see `compare/storm.rs`).
 
+#[path = "compare/batch.rs"]
+mod batch;
 #[path = "compare/chart.rs"]
 mod chart;
 #[path = "compare/footprint.rs"]
@@ -300,6 +302,9 @@ pub enum Group {
     /// Calls per second of aside with signing or encryption keys ÷ without: the
     /// cost of the check, not a comparison with another crate (not charted).
     Keys,
+    /// Batches of 100 ids per second: `get_many_or_compute` against single
+    /// calls and a raw `MGET` (not charted).
+    Batch,
 }
 
 /// One printed comparison line.
@@ -520,7 +525,17 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let mut results = Results::default();
-    const SECTIONS: [&str; 8] = ["hit", "miss", "memory", "storm", "tags", "pattern", "footprint", "keys"];
+    const SECTIONS: [&str; 9] = [
+        "hit",
+        "miss",
+        "memory",
+        "storm",
+        "tags",
+        "pattern",
+        "footprint",
+        "keys",
+        "batch",
+    ];
     if let Some(unknown) = s.only.iter().find(|o| !SECTIONS.contains(&o.as_str())) {
         panic!("unknown section {unknown:?}; the sections are {}", SECTIONS.join(", "));
     }
@@ -538,6 +553,9 @@ fn main() {
         }
         if run("keys") {
             keys::hit_path(&s, &mut results).await;
+        }
+        if run("batch") {
+            batch::batch(&s, &mut results).await;
         }
     });
     // The storm's processes are driven synchronously from here.

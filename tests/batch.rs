@@ -18,6 +18,7 @@ on_backends!([memory, redis, cluster]
     overlapping_concurrent_batches_compute_each_id_once,
     invalidating_one_id_during_the_computation_refuses_only_its_store,
     an_id_the_computation_leaves_out_is_absent_and_asked_again,
+    a_stale_entry_counts_as_a_hit,
 );
 on_backends!([redis, cluster] a_batch_with_redis_down_computes_everything_without_an_error);
 
@@ -299,4 +300,29 @@ async fn a_batch_with_redis_down_computes_everything_without_an_error(mut fixtur
         "every id computed when the store fails: {computed:?}"
     );
     assert!(cache.stats().function("batch:users").backend_errors >= 1);
+}
+
+async fn a_stale_entry_counts_as_a_hit(fixture: Fixture) {
+    let cache = fixture.cache_in("batch-stale").await;
+    let policy = Policy::new(Duration::from_secs(1))
+        .stale(Duration::from_secs(60))
+        .function("batch:stale");
+    let calls = Calls::default();
+    let lookup = |ids: Vec<u64>| {
+        calls.record(&ids);
+        async move { Ok::<_, std::io::Error>(ids.into_iter().map(|id| (id, user(id))).collect::<HashMap<_, _>>()) }
+    };
+    assert_eq!(
+        cache.get_many_or_compute(keys(0..5), &policy, lookup).await.unwrap(),
+        expected(0..5)
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // 0..5 are stale: served; 5 is missing: computed alone.
+    assert_eq!(
+        cache.get_many_or_compute(keys(0..6), &policy, lookup).await.unwrap(),
+        expected(0..6)
+    );
+    assert_eq!(calls.all(), vec![vec![0, 1, 2, 3, 4], vec![5]]);
+    let counted = cache.stats().function("batch:stale");
+    assert_eq!((counted.stale_hits, counted.misses, counted.computations), (5, 6, 6));
 }

@@ -88,8 +88,8 @@ impl Cache {
     ///
     /// `compute` runs a **second** time, for those waited-for ids only, when
     /// their computation ends without a value (it failed, left them out, was
-    /// invalidated or cancelled) or `wait` runs out; these values are
-    /// returned, not stored. Hence `FnMut`.
+    /// invalidated or cancelled: the call takes their leases over and stores
+    /// them) or `wait` runs out (returned, not stored). Hence `FnMut`.
     ///
     /// An invalidation of an id during the computation refuses that id's
     /// store (guarantee 5); the other ids are stored.

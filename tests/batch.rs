@@ -19,6 +19,8 @@ on_backends!([memory, redis, cluster]
     invalidating_one_id_during_the_computation_refuses_only_its_store,
     an_id_the_computation_leaves_out_is_absent_and_asked_again,
     a_stale_entry_counts_as_a_hit,
+    an_id_whose_other_computation_fails_is_taken_over_and_stored,
+    an_id_waited_for_past_wait_is_computed_without_storing,
 );
 on_backends!([redis, cluster] a_batch_with_redis_down_computes_everything_without_an_error);
 
@@ -325,4 +327,86 @@ async fn a_stale_entry_counts_as_a_hit(fixture: Fixture) {
     assert_eq!(calls.all(), vec![vec![0, 1, 2, 3, 4], vec![5]]);
     let counted = cache.stats().function("batch:stale");
     assert_eq!((counted.stale_hits, counted.misses, counted.computations), (5, 6, 6));
+}
+
+/// Starts `get_or_compute` of `id` in a task; its computation waits for `go`
+/// once started, then returns `answer`.
+async fn hold_lease(
+    cache: &Cache,
+    policy: Policy,
+    id: u64,
+    go: Arc<Notify>,
+    answer: Result<String, String>,
+) -> tokio::task::JoinHandle<Result<String, String>> {
+    let started = Arc::new(Notify::new());
+    let task = {
+        let (cache, started) = (cache.clone(), started.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_compute(key(id), &policy, || async move {
+                    started.notify_one();
+                    go.notified().await;
+                    answer
+                })
+                .await
+        })
+    };
+    started.notified().await;
+    task
+}
+
+async fn an_id_whose_other_computation_fails_is_taken_over_and_stored(fixture: Fixture) {
+    let cache = fixture.cache_in("batch-take-over").await;
+    let go = Arc::new(Notify::new());
+    let holder = hold_lease(&cache, policy(), 7, go.clone(), Err("db down".into())).await;
+    let calls = Calls::default();
+    let batch = {
+        let (cache, calls) = (cache.clone(), calls.clone());
+        tokio::spawn(async move { users(&cache, &calls, 5..10).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        calls.all(),
+        vec![vec![5, 6, 8, 9]],
+        "7 is waited for, the others computed"
+    );
+    go.notify_one();
+    assert_eq!(holder.await.unwrap(), Err("db down".to_owned()));
+    assert_eq!(batch.await.unwrap(), expected(5..10));
+    assert_eq!(
+        calls.all(),
+        vec![vec![5, 6, 8, 9], vec![7]],
+        "7 computed once its holder failed"
+    );
+    assert!(
+        fixture.holds(&cache, &cache.full_key(key(7)).unwrap()).await,
+        "and stored"
+    );
+    assert_eq!(cache.stats().function("batch:users").lock_waits, 1);
+}
+
+async fn an_id_waited_for_past_wait_is_computed_without_storing(fixture: Fixture) {
+    let cache = fixture.cache_in("batch-wait").await;
+    let short = policy().wait(Duration::from_millis(300));
+    let go = Arc::new(Notify::new());
+    let holder = hold_lease(&cache, short.clone(), 7, go.clone(), Ok("the holder's".into())).await;
+    let calls = Calls::default();
+    let got = cache
+        .get_many_or_compute(keys(5..10), &short, |ids: Vec<u64>| {
+            calls.record(&ids);
+            async move { Ok::<_, std::io::Error>(ids.into_iter().map(|id| (id, user(id))).collect()) }
+        })
+        .await
+        .unwrap();
+    assert_eq!(got, expected(5..10), "7 computed by the batch itself");
+    assert_eq!(calls.all(), vec![vec![5, 6, 8, 9], vec![7]]);
+    assert_eq!(cache.stats().function("batch:users").lock_timeouts, 1);
+    go.notify_one();
+    assert_eq!(holder.await.unwrap(), Ok("the holder's".to_owned()));
+    let stored: Option<String> = cache.get_json(key(7)).await.unwrap();
+    assert_eq!(
+        stored.as_deref(),
+        Some("the holder's"),
+        "only the lease holder stored 7"
+    );
 }

@@ -23,6 +23,7 @@ on_backends!([memory, redis, cluster]
     an_id_waited_for_past_wait_is_computed_without_storing,
 );
 on_backends!([redis, cluster] a_batch_with_redis_down_computes_everything_without_an_error);
+on_backends!([redis] a_tiered_batch_reads_its_copies_and_drops_an_invalidated_one);
 
 /// The value of user `id`.
 fn user(id: u64) -> String {
@@ -408,5 +409,39 @@ async fn an_id_waited_for_past_wait_is_computed_without_storing(fixture: Fixture
         stored.as_deref(),
         Some("the holder's"),
         "only the lease holder stored 7"
+    );
+}
+
+async fn a_tiered_batch_reads_its_copies_and_drops_an_invalidated_one(fixture: Fixture) {
+    let cache = fixture
+        .builder()
+        .namespace("batch-tiered")
+        .tiered()
+        .build()
+        .await
+        .unwrap();
+    let calls = Calls::default();
+    assert_eq!(users(&cache, &calls, 0..20).await, expected(0..20));
+    // The tier serves copies once its channel is confirmed: within a few seconds.
+    let started = std::time::Instant::now();
+    loop {
+        reset_command_stats(&fixture);
+        assert_eq!(users(&cache, &calls, 0..20).await, expected(0..20));
+        let ran = command_stats(&fixture);
+        if !ran.iter().any(|stat| stat.starts_with("cmdstat_mget")) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "every id served from this process's copies: {ran:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cache.invalidate_key(key(3)).await.unwrap());
+    assert_eq!(users(&cache, &calls, 0..20).await, expected(0..20));
+    assert_eq!(
+        calls.all(),
+        vec![(0..20).collect(), vec![3]],
+        "only the invalidated id computed again"
     );
 }

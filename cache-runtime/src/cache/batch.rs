@@ -93,6 +93,11 @@ impl Cache {
     ///
     /// An invalidation of an id during the computation refuses that id's
     /// store (guarantee 5); the other ids are stored.
+    ///
+    /// # Errors
+    ///
+    /// Only the computation's: its `Err`, as is (the ids it leased are freed
+    /// for the next caller). Errors of the cache are logged and counted.
     pub async fn get_many_or_compute<I, K, T, E, F, Fut>(
         &self,
         keys: impl IntoIterator<Item = (I, K)>,

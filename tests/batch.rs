@@ -21,6 +21,7 @@ on_backends!([memory, redis, cluster]
     a_stale_entry_counts_as_a_hit,
     an_id_whose_other_computation_fails_is_taken_over_and_stored,
     an_id_waited_for_past_wait_is_computed_without_storing,
+    an_empty_batch_asks_nothing,
 );
 on_backends!([redis, cluster] a_batch_with_redis_down_computes_everything_without_an_error);
 on_backends!([redis] a_tiered_batch_reads_its_copies_and_drops_an_invalidated_one);
@@ -444,4 +445,12 @@ async fn a_tiered_batch_reads_its_copies_and_drops_an_invalidated_one(fixture: F
         vec![(0..20).collect(), vec![3]],
         "only the invalidated id computed again"
     );
+}
+
+async fn an_empty_batch_asks_nothing(fixture: Fixture) {
+    let cache = fixture.cache_in("batch-empty").await;
+    let calls = Calls::default();
+    assert_eq!(users(&cache, &calls, []).await, HashMap::new());
+    assert!(calls.all().is_empty(), "no computation for no ids");
+    assert_eq!(cache.stats().total.backend_errors, 0);
 }

@@ -5,7 +5,7 @@
 //! cargo bench --bench compare             # full run; writes docs/benchmarks.svg
 //! cargo bench --bench compare -- --quick  # a smoke run, well under a minute
 //! cargo bench --bench compare -- hit memory  # only these sections (also: miss storm
-//!                                            # tags pattern footprint keys tiered); no docs chart
+//!                                            # tags pattern footprint keys tiered batch); no docs chart
 //! ```
 //!
 //! Each comparison prints one line,
@@ -29,6 +29,8 @@
 //! The cold-key storm runs in child processes: this binary re-executes itself with
 //! `ASIDE_BENCH_STORM_CHILD` set (see `compare/storm.rs`).
 
+#[path = "compare/batch.rs"]
+mod batch;
 #[path = "compare/chart.rs"]
 mod chart;
 #[path = "compare/footprint.rs"]
@@ -304,6 +306,9 @@ pub enum Group {
     Keys,
     /// Calls per second of a tiered hit ÷ a Redis hit or a memory hit (not charted).
     Tiered,
+    /// Batches of 100 ids per second: `get_many_or_compute` against single
+    /// calls and a raw `MGET` (not charted).
+    Batch,
 }
 
 /// One printed comparison line.
@@ -524,7 +529,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let mut results = Results::default();
-    const SECTIONS: [&str; 9] = [
+    const SECTIONS: [&str; 10] = [
         "hit",
         "miss",
         "memory",
@@ -534,6 +539,7 @@ fn main() {
         "footprint",
         "keys",
         "tiered",
+        "batch",
     ];
     if let Some(unknown) = s.only.iter().find(|o| !SECTIONS.contains(&o.as_str())) {
         panic!("unknown section {unknown:?}; the sections are {}", SECTIONS.join(", "));
@@ -555,6 +561,9 @@ fn main() {
         }
         if run("tiered") {
             tiered::hit_path(&s, &mut results).await;
+        }
+        if run("batch") {
+            batch::batch(&s, &mut results).await;
         }
     });
     // The storm's processes are driven synchronously from here.

@@ -83,24 +83,13 @@ where
         probe: &'c Probe<'c>,
         compute: F,
     ) -> Self {
-        let settings = &shared.settings;
-        let lifetime = clamp(policy.ttl().saturating_add(policy.stale_window()), settings.max_ttl).ttl;
         let started = Instant::now();
         Call {
             shared,
             policy,
             probe,
             entry,
-            lease: Lease {
-                store: &shared.store,
-                waiters: &shared.waiters,
-                entry,
-                namespace: &settings.namespace,
-                tags: policy.tag_list(),
-                lifetime: lifetime.max(Duration::from_millis(1)),
-                ceiling: settings.max_ttl,
-                ttl: clamp(policy.lock_lease(), settings.max_ttl).ttl,
-            },
+            lease: lease_of(shared, entry, policy),
             started,
             deadline: after(started, policy.wait_limit()),
             waited: false,
@@ -328,7 +317,12 @@ where
         self.probe.computed(started.elapsed());
         let encoded = outcome.cacheable(self.policy).map(|value| {
             let format = self.shared.codec.format();
-            let (fresh, lifetime) = terms(self.policy, &self.shared.settings, self.lease.lifetime, &outcome);
+            let (fresh, lifetime) = terms(
+                self.policy,
+                &self.shared.settings,
+                self.lease.lifetime,
+                outcome.fresh_for(),
+            );
             self.shared
                 .codec
                 .encode(self.entry, value, fresh, lifetime, |value, fresh| {
@@ -449,6 +443,22 @@ where
     }
 }
 
+/// The terms of the lease of the full key `entry` under `policy`.
+pub(crate) fn lease_of<'c>(shared: &'c Shared, entry: &'c str, policy: &'c Policy) -> Lease<'c> {
+    let settings = &shared.settings;
+    let lifetime = clamp(policy.ttl().saturating_add(policy.stale_window()), settings.max_ttl).ttl;
+    Lease {
+        store: &shared.store,
+        waiters: &shared.waiters,
+        entry,
+        namespace: &settings.namespace,
+        tags: policy.tag_list(),
+        lifetime: lifetime.max(Duration::from_millis(1)),
+        ceiling: settings.max_ttl,
+        ttl: clamp(policy.lock_lease(), settings.max_ttl).ttl,
+    }
+}
+
 /// What the store holds for one entry, as a call sees it.
 pub(crate) enum Found<T> {
     /// A fresh entry.
@@ -481,10 +491,16 @@ fn share<T: serde::Serialize + DeserializeOwned>(
 /// `ttl` and `lifetime`, or the value's own TTL (`ttl_from`) raised to
 /// [`MIN_TTL`], then, with a jitter, less a random share of it (after the
 /// ceiling, so that entries at the ceiling are spread too), plus the stale window.
+/// `fresh_for` is the result's own TTL ([`Outcome::fresh_for`]), if any.
 /// The codec clamps both to the ceiling.
-fn terms<O: Outcome>(policy: &Policy, settings: &Settings, lifetime: Duration, outcome: &O) -> (Duration, Duration) {
+pub(crate) fn terms(
+    policy: &Policy,
+    settings: &Settings,
+    lifetime: Duration,
+    fresh_for: Option<Duration>,
+) -> (Duration, Duration) {
     let jitter = policy.jitter_units(settings.ttl_jitter);
-    let fresh = match (outcome.fresh_for(), jitter) {
+    let fresh = match (fresh_for, jitter) {
         (None, 0) => return (policy.ttl(), lifetime),
         (None, _) => policy.ttl(),
         (Some(asked), _) => asked.max(MIN_TTL),
@@ -502,7 +518,7 @@ fn terms<O: Outcome>(policy: &Policy, settings: &Settings, lifetime: Duration, o
 
 /// `start + wait`, or a date far enough away when that does not fit in an
 /// `Instant` (`Policy::wait(Duration::MAX)`).
-fn after(start: Instant, wait: Duration) -> Instant {
+pub(crate) fn after(start: Instant, wait: Duration) -> Instant {
     const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
     start
         .checked_add(wait.min(CENTURY))

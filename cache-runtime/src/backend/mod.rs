@@ -108,6 +108,9 @@ const RELEASE_ATTEMPTS: u32 = 8;
 pub(crate) trait Backend: Send + Sync {
     /// The stored bytes, if the key exists.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Bytes>>> + Send;
+    /// The stored bytes of each key, in the order of `keys`: one `MGET` on a
+    /// single node, one per hash slot (in parallel) on a cluster.
+    fn get_many(&self, keys: &[String]) -> impl Future<Output = Result<Vec<Option<Bytes>>>> + Send;
     /// Stores `value` for `ttl` (already clamped to the ceiling, never zero).
     fn set(&self, key: &str, value: Bytes, ttl: Duration) -> impl Future<Output = Result<()>> + Send;
     /// `true` if the key exists.
@@ -201,6 +204,10 @@ macro_rules! dispatch {
 impl Backend for Store {
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         dispatch!(self, store => store.get(key).await)
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
+        dispatch!(self, store => store.get_many(keys).await)
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {

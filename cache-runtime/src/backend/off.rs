@@ -15,6 +15,10 @@ impl Backend for OffStore {
         Ok(None)
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
+        Ok(vec![None; keys.len()])
+    }
+
     async fn set(&self, _: &str, _: Bytes, _: Duration) -> Result<()> {
         Ok(())
     }

@@ -43,6 +43,7 @@ macro_rules! call_span {
 }
 
 mod after_commit;
+mod batch;
 mod detached;
 
 /// A handle to one cache: its settings, its store (Redis, memory or off) and its

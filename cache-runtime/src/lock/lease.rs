@@ -196,21 +196,26 @@ impl<'a> Held<'a> {
         loop {
             tokio::select! {
                 output = &mut computation => return output,
-                _ = renewal.tick() => {
-                    match lease.store.renew_lease(lease.entry, &self.token, lease.ttl).await {
-                        Ok(true) => {}
-                        Ok(false) => tracing::debug!(target: "aside", entry = %Redacted(lease.entry),
-                            "lease lost while computing (invalidated or expired); the result will not be stored"),
-                        Err(error) => tracing::debug!(target: "aside", entry = %Redacted(lease.entry), %error,
-                            "lease renewal failed"),
-                    }
-                    match lease.register().await {
-                        Ok(()) => self.recorded(),
-                        Err(error) => tracing::debug!(target: "aside", entry = %Redacted(lease.entry), %error,
-                            "tag renewal failed"),
-                    }
-                }
+                _ = renewal.tick() => self.renew().await,
             }
+        }
+    }
+
+    /// Renews the lease and the entry's tag records: what [`hold`](Held::hold)
+    /// does every third of the lease's TTL. Failures are logged; the store will tell.
+    pub(crate) async fn renew(&self) {
+        let lease = &self.lease;
+        match lease.store.renew_lease(lease.entry, &self.token, lease.ttl).await {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(target: "aside", entry = %Redacted(lease.entry),
+                "lease lost while computing (invalidated or expired); the result will not be stored"),
+            Err(error) => tracing::debug!(target: "aside", entry = %Redacted(lease.entry), %error,
+                "lease renewal failed"),
+        }
+        match lease.register().await {
+            Ok(()) => self.recorded(),
+            Err(error) => tracing::debug!(target: "aside", entry = %Redacted(lease.entry), %error,
+                "tag renewal failed"),
         }
     }
 

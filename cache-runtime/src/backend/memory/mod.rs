@@ -254,6 +254,10 @@ impl Backend for MemoryStore {
         Ok(self.live(key).map(|slot| slot.value))
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
+        Ok(keys.iter().map(|key| self.live(key).map(|slot| slot.value)).collect())
+    }
+
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
         self.entries.insert(
             key.to_owned(),

@@ -968,6 +968,47 @@ impl Backend for RedisStore {
         Ok(value)
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
+        let mut found: Vec<Option<Bytes>> = vec![None; keys.len()];
+        // The keys to ask Redis for (by index), with their L1 generations.
+        let mut asked: Vec<(usize, u64)> = Vec::with_capacity(keys.len());
+        match &self.l1 {
+            None => asked.extend((0..keys.len()).map(|index| (index, 0))),
+            Some(l1) => {
+                if !self.listening.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    self.listen(Duration::ZERO).await;
+                }
+                for (index, key) in keys.iter().enumerate() {
+                    match l1.get(key) {
+                        Some(copy) => found[index] = Some(copy),
+                        None => asked.push((index, l1.generation(key))),
+                    }
+                }
+            }
+        }
+        if asked.is_empty() {
+            return Ok(found);
+        }
+        // On a cluster the client splits an `MGET` by hash slot, sends the
+        // parts in parallel and puts the answers back in order.
+        let mut mget = redis::cmd("MGET");
+        for &(index, _) in &asked {
+            mget.arg(&keys[index]);
+        }
+        // The breaker of the first key's master answers for the whole request
+        // (on a cluster it may span several masters).
+        let route = Route::Key(&keys[asked[0].0]);
+        let values: Vec<Option<Vec<u8>>> = self.run("MGET", route, &mget).await?;
+        for (&(index, generation), value) in asked.iter().zip(values) {
+            let value = value.map(Bytes::from);
+            if let (Some(l1), Some(bytes)) = (&self.l1, &value) {
+                l1.fill(&keys[index], bytes, generation);
+            }
+            found[index] = value;
+        }
+        Ok(found)
+    }
+
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
         let mut set = redis::cmd("EVAL");
         set.arg(scripts::SET_ANNOUNCED)

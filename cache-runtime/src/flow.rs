@@ -159,7 +159,7 @@ where
     /// one that started the refresh. `Some` with the value when it computed or
     /// found one; `None` when another computation holds the lease or the
     /// store failed. A refresh that fails keeps the lease for
-    /// [`REFRESH_BACKOFF`](crate::lock::REFRESH_BACKOFF), so the callers that
+    /// [`REFRESH_BACKOFF`], so the callers that
     /// follow are served the old value instead of each trying again.
     pub(crate) async fn refresh_in_background(self) -> Option<O> {
         match self.lease.take().await {
@@ -310,7 +310,7 @@ where
     /// already), then stores if the lease still holds (or frees it when there is
     /// nothing to store), and lands the flight. With `backoff` (a stale value is
     /// at hand), a result that failed keeps the lease for
-    /// [`REFRESH_BACKOFF`](crate::lock::REFRESH_BACKOFF) instead of freeing it.
+    /// [`REFRESH_BACKOFF`] instead of freeing it.
     async fn compute_leased(self, held: Held<'c>, pilot: Option<Pilot>, backoff: bool) -> O {
         let started = Instant::now();
         let outcome = held.hold((self.compute)()).await;

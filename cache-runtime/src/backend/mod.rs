@@ -177,7 +177,7 @@ pub(crate) trait Backend: Send + Sync {
     /// of matching entries being computed; returns how many entries existed.
     fn invalidate_pattern(&self, pattern: &str) -> impl Future<Output = Result<u64>> + Send;
 
-    /// Makes sure store announcements reach [`waiters`](Backend::waiters) (the
+    /// Makes sure store announcements reach the waiters (the
     /// Redis subscriber is connected), waiting at most `limit`.
     fn listen(&self, limit: Duration) -> impl Future<Output = ()> + Send;
 }

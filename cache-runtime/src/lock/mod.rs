@@ -3,11 +3,11 @@
 //!
 //! # The protocol, for one entry key `E`
 //!
-//! 1. **In process**, concurrent callers of `E` share one [flight](flight): one
+//! 1. **In process**, concurrent callers of `E` share one [flight]: one
 //!    of them leads, the others wait for it to land. A leader that computed
 //!    hands its value to the followers that called before its computation
 //!    started; the others read the store.
-//! 2. The leader takes the [lease](lease) (`{E}:lease`, set only if free,
+//! 2. The leader takes the [lease] (`{E}:lease`, set only if free,
 //!    expiring after `lock_ttl`) and records `E` in each of its tag sets, then
 //!    computes. On a single node both are one script; on a cluster, where tag
 //!    sets live in other slots, the records follow the lease and the lease is

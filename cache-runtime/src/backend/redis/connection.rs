@@ -41,7 +41,7 @@ pub(super) enum Connection {
     /// The master the sentinels named, with the count of switches heard
     /// before it was looked up ([`sentinel::Watch::switches`]). Not
     /// re-established in place: when it breaks or stops being the master, the
-    /// store replaces it ([`RedisStore::replace`]) and the next call asks the
+    /// store replaces it ([`RedisStore::replace`](super::RedisStore::replace)) and the next call asks the
     /// sentinels again.
     Sentinel(MultiplexedConnection, u64),
 }

@@ -329,7 +329,7 @@ impl RedisStore {
         Ok(())
     }
 
-    /// [`Backend::expire_tag`] without the tier's eviction.
+    /// [`Backend::expire_tag`](crate::backend::Backend::expire_tag) without the tier's eviction.
     pub(super) async fn expire_tag_pages(&self, tag_key: &str) -> Result<u64> {
         // The members stay in the set (their entries still carry the tag); it is
         // read a page at a time, each page expired before the next is read.

@@ -8,7 +8,6 @@
 //! (`--nocapture`); see the comments in `killing_one_master_*`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aside::{Cache, Key, Plain, Policy};
@@ -19,55 +18,9 @@ const OP_TIMEOUT: Duration = Duration::from_millis(200);
 /// The harness's `cluster-node-timeout`: no node is flagged as failing earlier.
 const CLUSTER_NODE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A cached function by hand, keyed as `#[cached]` keys it (digest of the
-/// arguments), counting its computations per argument.
-struct Square {
-    cache: Cache,
-    policy: Policy,
-    runs: AtomicU64,
-}
-
-impl Square {
-    async fn connect(cluster: &RedisCluster) -> Square {
-        let cache = Cache::builder()
-            .redis_url(&cluster.url())
-            .op_timeout(OP_TIMEOUT)
-            .build()
-            .await
-            .expect("the cache connects to the cluster");
-        Square {
-            cache,
-            policy: Policy::new(Duration::from_secs(300)).function("cluster:square"),
-            runs: AtomicU64::new(0),
-        }
-    }
-
-    fn key(n: u64) -> Key {
-        Key::digest("cluster", "square", 1, &n)
-    }
-
-    fn full_key(&self, n: u64) -> String {
-        self.cache.full_key(Self::key(n)).expect("a valid key")
-    }
-
-    fn runs(&self) -> u64 {
-        self.runs.load(Ordering::SeqCst)
-    }
-
-    /// One call; returns whether it was a hit. Its value is always `n * n`.
-    async fn call(&self, n: u64) -> bool {
-        let runs = self.runs();
-        let Plain(value) = self
-            .cache
-            .get_or_compute(Self::key(n), &self.policy, || async {
-                self.runs.fetch_add(1, Ordering::SeqCst);
-                Plain(n * n)
-            })
-            .await;
-        assert_eq!(value, n * n, "every call returns its value");
-        self.runs() == runs
-    }
-}
+#[path = "support/square.rs"]
+mod square;
+use square::Square;
 
 /// Whether `node` holds `key`, asked of the node itself.
 fn node_has(cluster: &RedisCluster, node: usize, key: &str) -> bool {
@@ -116,7 +69,7 @@ fn cluster_state(cluster: &RedisCluster, node: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_spread_over_every_master_and_hit() {
     let cluster = RedisCluster::start();
-    let square = Square::connect(&cluster).await;
+    let square = Square::connect(&cluster, "cluster", OP_TIMEOUT, Duration::ZERO).await;
     for n in 0..30 {
         assert!(!square.call(n).await, "square({n}) is a miss the first time");
     }
@@ -154,7 +107,7 @@ async fn entries_spread_over_every_master_and_hit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_master_leaves_the_others_serving_and_fails_open_for_its_slots() {
     let mut cluster = RedisCluster::start();
-    let square = Square::connect(&cluster).await;
+    let square = Square::connect(&cluster, "cluster", OP_TIMEOUT, Duration::ZERO).await;
     let mut by_node: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
     for n in 0..30 {
         square.call(n).await;

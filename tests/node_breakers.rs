@@ -11,10 +11,9 @@
 //! printed (`--nocapture`); nothing is asserted on them.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aside::{BreakerState, Cache, Key, Plain, Policy};
+use aside::BreakerState;
 use aside_testkit::{key_slot, RedisCluster};
 
 const OP_TIMEOUT: Duration = Duration::from_millis(200);
@@ -25,59 +24,9 @@ const KEYS: u64 = 60;
 /// How long calls are made while a master is down.
 const OUTAGE: Duration = Duration::from_secs(5);
 
-/// A cached function by hand, keyed as `#[cached]` keys it, that takes
-/// [`WORK`] to compute and counts its computations.
-struct Square {
-    cache: Cache,
-    policy: Policy,
-    runs: AtomicU64,
-}
-
-impl Square {
-    async fn connect(cluster: &RedisCluster) -> Square {
-        let cache = Cache::builder()
-            .redis_url(&cluster.url())
-            .op_timeout(OP_TIMEOUT)
-            .build()
-            .await
-            .expect("the cache connects to the cluster");
-        Square {
-            cache,
-            policy: Policy::new(Duration::from_secs(300)).function("nodes:square"),
-            runs: AtomicU64::new(0),
-        }
-    }
-
-    fn key(n: u64) -> Key {
-        Key::digest("nodes", "square", 1, &n)
-    }
-
-    fn full_key(&self, n: u64) -> String {
-        self.cache.full_key(Self::key(n)).expect("a valid key")
-    }
-
-    fn runs(&self) -> u64 {
-        self.runs.load(Ordering::SeqCst)
-    }
-
-    /// One call: whether it was a hit, and how long it took. Its value is
-    /// always `n * n`.
-    async fn call(&self, n: u64) -> (bool, Duration) {
-        let runs = self.runs();
-        let started = Instant::now();
-        let Plain(value) = self
-            .cache
-            .get_or_compute(Self::key(n), &self.policy, || async {
-                self.runs.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(WORK).await;
-                Plain(n * n)
-            })
-            .await;
-        let took = started.elapsed();
-        assert_eq!(value, n * n, "every call returns its value");
-        (self.runs() == runs, took)
-    }
-}
+#[path = "support/square.rs"]
+mod square;
+use square::Square;
 
 /// Lets the live masters serve their slots while one is down.
 fn serve_partial_coverage(cluster: &RedisCluster) {
@@ -156,7 +105,7 @@ async fn call_round_robin(square: &Square, dead: &[u64], outage: Duration) -> (T
     let started = Instant::now();
     while started.elapsed() < outage {
         for n in 0..KEYS {
-            let call = square.call(n).await;
+            let call = square.timed_call(n).await;
             if dead.contains(&n) {
                 down.add(call);
             } else {
@@ -174,7 +123,7 @@ async fn until_all_hit(square: &Square, limit: Duration) -> Option<Duration> {
     while started.elapsed() < limit {
         let mut all = true;
         for n in 0..KEYS {
-            all &= square.call(n).await.0;
+            all &= square.timed_call(n).await.0;
         }
         if all {
             return Some(started.elapsed());
@@ -191,7 +140,7 @@ async fn a_master_down(
 ) {
     let mut cluster = RedisCluster::start();
     serve_partial_coverage(&cluster);
-    let square = Square::connect(&cluster).await;
+    let square = Square::connect(&cluster, "nodes", OP_TIMEOUT, WORK).await;
     let mut by_node = by_node(&cluster, &square);
     for n in 0..KEYS {
         square.call(n).await;
@@ -205,7 +154,7 @@ async fn a_master_down(
     down(&mut cluster, dead);
     // A burst of calls for the dead master's slots: each computes.
     for &n in &on_dead {
-        assert!(!square.call(n).await.0, "square({n}) lives on the dead master");
+        assert!(!square.timed_call(n).await.0, "square({n}) lives on the dead master");
     }
     let (live, failing) = call_round_robin(&square, &on_dead, OUTAGE).await;
     let stats = square.cache.stats();
@@ -268,7 +217,7 @@ async fn a_frozen_master_fails_open_its_slots_only() {
 async fn after_a_reshard_a_key_answers_to_its_new_owners_breaker() {
     let mut cluster = RedisCluster::start();
     serve_partial_coverage(&cluster);
-    let square = Square::connect(&cluster).await;
+    let square = Square::connect(&cluster, "nodes", OP_TIMEOUT, WORK).await;
     let by_node = by_node(&cluster, &square);
     let (old_owner, new_owner) = (0, 2);
     let moved = by_node[&old_owner][0];
@@ -282,16 +231,19 @@ async fn after_a_reshard_a_key_answers_to_its_new_owners_breaker() {
     // Calls go on for a while after the reshard, as they would.
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(1500) {
-        assert!(square.call(moved).await.0, "the moved entry moved with its slot");
+        assert!(square.timed_call(moved).await.0, "the moved entry moved with its slot");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     cluster.nodes_mut()[new_owner].stop();
     for _ in 0..10 {
-        assert!(!square.call(moved).await.0, "the new owner is dead: computed");
+        assert!(!square.timed_call(moved).await.0, "the new owner is dead: computed");
     }
     for &n in &stayed {
-        assert!(square.call(n).await.0, "square({n}) stayed on the old owner: a hit");
+        assert!(
+            square.timed_call(n).await.0,
+            "square({n}) stayed on the old owner: a hit"
+        );
     }
     let stats = square.cache.stats();
     println!("after the reshard and the new owner's death: {:?}", stats.breakers);

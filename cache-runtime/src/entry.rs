@@ -184,11 +184,9 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<E
         MESSAGE_PACK => rmp_serde::from_slice(body)?,
         other => return Err(DecodeError::Format(other)),
     };
-    let mut stamp = [0u8; 8];
-    stamp.copy_from_slice(&bytes[STAMP_AT..HEADER]);
     Ok(Entry {
         value,
-        fresh_until_ms: u64::from_be_bytes(stamp),
+        fresh_until_ms: stamp(bytes),
     })
 }
 
@@ -204,12 +202,14 @@ pub(crate) const PLAIN_FORMATS: [u8; 2] = [JSON, MESSAGE_PACK];
 /// When the plain entry `bytes` stops being fresh (Unix milliseconds), read
 /// from its header alone; `None` for anything else.
 pub(crate) fn fresh_until(bytes: &[u8]) -> Option<u64> {
-    if !plain(bytes) {
-        return None;
-    }
+    plain(bytes).then(|| stamp(bytes))
+}
+
+/// The fresh-until stamp of a header known to be whole.
+fn stamp(bytes: &[u8]) -> u64 {
     let mut stamp = [0u8; 8];
     stamp.copy_from_slice(&bytes[STAMP_AT..HEADER]);
-    Some(u64::from_be_bytes(stamp))
+    u64::from_be_bytes(stamp)
 }
 
 /// The plain entry `bytes` made stale at once (its fresh-until stamp zeroed;

@@ -300,17 +300,7 @@ impl RedisSentinel {
             }
         }
         self.wait_for("the sentinels to name a new master that takes writes", deadline, || {
-            let ports: Vec<Option<u16>> = self.sentinels.iter().map(master_port).collect();
-            let Some(Some(new)) = ports.first().copied() else {
-                return false;
-            };
-            new != old
-                && ports.iter().all(|port| *port == Some(new))
-                && redis::cmd("SET")
-                    .arg("aside-testkit:failover")
-                    .arg(new)
-                    .query::<()>(&mut self.node(new).connection())
-                    .is_ok()
+            self.promoted_from(old)
         });
         let new = self.master().port();
         self.wait_for("the former master to become the new one's replica", deadline, || {
@@ -339,22 +329,25 @@ impl RedisSentinel {
         self.wait_for(
             "the sentinels to promote the replica of a dead master",
             deadline,
-            || {
-                let ports: Vec<Option<u16>> = self.sentinels.iter().map(master_port).collect();
-                let Some(Some(new)) = ports.first().copied() else {
-                    return false;
-                };
-                new != old
-                    && ports.iter().all(|port| *port == Some(new))
-                    && redis::cmd("SET")
-                        .arg("aside-testkit:failover")
-                        .arg(new)
-                        .query::<()>(&mut self.node(new).connection())
-                        .is_ok()
-            },
+            || self.promoted_from(old),
         );
         *self.failed_over.get_mut().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         self.master()
+    }
+
+    /// Whether every sentinel names one master other than `old`, and it takes writes.
+    fn promoted_from(&self, old: u16) -> bool {
+        let ports: Vec<Option<u16>> = self.sentinels.iter().map(master_port).collect();
+        let Some(Some(new)) = ports.first().copied() else {
+            return false;
+        };
+        new != old
+            && ports.iter().all(|port| *port == Some(new))
+            && redis::cmd("SET")
+                .arg("aside-testkit:failover")
+                .arg(new)
+                .query::<()>(&mut self.node(new).connection())
+                .is_ok()
     }
 
     fn node(&self, port: u16) -> &RedisServer {

@@ -29,6 +29,21 @@
 //! The cold-key storm runs in child processes: this binary re-executes itself with
 //! `ASIDE_BENCH_STORM_CHILD` set (see `compare/storm.rs`).
 
+/// `#[aside::cached]` hit functions over the ~1 KB [`Report`], one per cache
+/// (the name is in the key, so each has its own entry), each counting its runs
+/// in the `COMPUTATIONS` static of the module that invokes it. Defined before
+/// the modules so that `keys` and `tiered` share it.
+macro_rules! hit_fn {
+    ($($name:ident => $cache:ident),* $(,)?) => {$(
+        #[aside::cached(prefix = "bench", ttl = 600, cache = $cache)]
+        async fn $name(region: &str, month: u32) -> Report {
+            COMPUTATIONS.fetch_add(1, Ordering::Relaxed);
+            let _ = (region, month);
+            report()
+        }
+    )*};
+}
+
 #[path = "compare/batch.rs"]
 mod batch;
 #[path = "compare/chart.rs"]

@@ -36,18 +36,6 @@ static MEMORY_SIGNED: LazyLock<Cache> =
 static MEMORY_SEALED: LazyLock<Cache> =
     LazyLock::new(|| memory().encryption_key(ENCRYPTION_KEY).build_lazy().expect("sealed"));
 
-/// One function per cache; the name is in the key, so each has its own entry.
-macro_rules! hit_fn {
-    ($($name:ident => $cache:ident),* $(,)?) => {$(
-        #[aside::cached(prefix = "bench", ttl = 600, cache = $cache)]
-        async fn $name(region: &str, month: u32) -> Report {
-            COMPUTATIONS.fetch_add(1, Ordering::Relaxed);
-            let _ = (region, month);
-            report()
-        }
-    )*};
-}
-
 hit_fn!(
     redis_plain => REDIS_PLAIN,
     redis_signed => REDIS_SIGNED,

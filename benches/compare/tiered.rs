@@ -37,17 +37,6 @@ static MEMORY: LazyLock<Cache> = LazyLock::new(|| {
         .expect("memory")
 });
 
-macro_rules! hit_fn {
-    ($($name:ident => $cache:ident),* $(,)?) => {$(
-        #[aside::cached(prefix = "bench", ttl = 600, cache = $cache)]
-        async fn $name(region: &str, month: u32) -> Report {
-            COMPUTATIONS.fetch_add(1, Ordering::Relaxed);
-            let _ = (region, month);
-            report()
-        }
-    )*};
-}
-
 hit_fn!(tiered_hit => TIERED, plain_hit => PLAIN, memory_hit => MEMORY);
 
 /// A tiered hit against a Redis hit and a memory hit; then the propagation of

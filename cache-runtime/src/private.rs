@@ -125,3 +125,21 @@ digests! {
 }
 
 pub use crate::tags::{check_template as check_tag_template, render as render_tag};
+
+/// Invalidates every key of `keys` (the entries of a batch function's ids),
+/// all of them tried, concurrently: how many existed, or the first error (what
+/// the others removed is then not counted). What `<fn>_invalidate_many` calls.
+///
+/// # Errors
+///
+/// The first error of [`Cache::invalidate_key`].
+pub async fn invalidate_many(cache: &Cache, keys: impl IntoIterator<Item = Key>) -> crate::Result<u64> {
+    let removed = futures_util::future::join_all(keys.into_iter().map(|key| cache.invalidate_key(key))).await;
+    let mut count = 0;
+    for removed in removed {
+        if removed? {
+            count += 1;
+        }
+    }
+    Ok(count)
+}

@@ -33,12 +33,13 @@ mod kw {
     syn::custom_keyword!(jitter);
     syn::custom_keyword!(refresh_ahead);
     syn::custom_keyword!(soft_timeout);
+    syn::custom_keyword!(batch);
 }
 
 /// The arguments `#[cached]` accepts, in the order the docs list them.
 const KNOWN: &str = "`ttl`, `prefix`, `name`, `version`, `tags`, `skip`, `key`, `stale`, \
                      `lock_ttl`, `wait`, `cache_none`, `refresh_ahead`, `soft_timeout`, `unless`, `ttl_from`, \
-                     `jitter`, `cache`, `crate`";
+                     `jitter`, `batch`, `cache`, `crate`";
 
 /// One argument: the span of its keyword and its value.
 pub(crate) struct Arg<V> {
@@ -68,6 +69,8 @@ pub(crate) struct Args {
     pub(crate) jitter: Option<Arg<LitStr>>,
     pub(crate) refresh_ahead: Option<Arg<LitFloat>>,
     pub(crate) soft_timeout: Option<Arg<DurationLit>>,
+    /// `batch = ids`: the argument holding the ids of a batch function.
+    pub(crate) batch: Option<Arg<Ident>>,
     pub(crate) cache: Option<Arg<Expr>>,
     pub(crate) krate: Option<Arg<Path>>,
     /// Mistakes found while parsing (unknown, repeated or malformed arguments).
@@ -159,6 +162,18 @@ impl Args {
         } else if lookahead.peek(kw::soft_timeout) {
             let arg = input.parse::<KwValue<kw::soft_timeout, DurationLit>>()?;
             self.set(|a| &mut a.soft_timeout, "soft_timeout", arg.into());
+        } else if lookahead.peek(kw::batch) {
+            let keyword = input.parse::<kw::batch>()?;
+            input.parse::<Token![=]>()?;
+            let value = input.call(Ident::parse_any)?;
+            self.set(
+                |a| &mut a.batch,
+                "batch",
+                Arg {
+                    span: keyword.span,
+                    value,
+                },
+            );
         } else if lookahead.peek(kw::cache) {
             let arg = input.parse::<KwValue<kw::cache, Expr>>()?;
             self.set(|a| &mut a.cache, "cache", arg.into());

@@ -22,6 +22,8 @@ use crate::ctxt::Ctxt;
 use crate::generics;
 use crate::item::MaybeItemFn;
 
+pub(crate) mod batch;
+
 /// The longest TTL, stale window, lock lease or wait the attribute accepts.
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -89,6 +91,8 @@ pub(crate) struct Param {
     pub(crate) span: Span,
     /// The end of the argument's type, so an error about it can cover `name: Type`.
     pub(crate) end: Span,
+    /// Bound with `mut` (`mut ids: Vec<u64>`).
+    pub(crate) mutable: bool,
 }
 
 impl Param {
@@ -144,6 +148,8 @@ pub(crate) struct Plan {
     pub(crate) value_span: Span,
     /// The declared return type.
     pub(crate) ret: TokenStream,
+    /// `batch = ids`: one entry per id, through `get_many_or_compute`.
+    pub(crate) batch: Option<batch::Batch>,
 }
 
 /// Checks the arguments against the function, recording every mistake in `cx`.
@@ -158,6 +164,8 @@ pub(crate) fn check(cx: &Ctxt, mut args: Args, func: &MaybeItemFn) -> Plan {
     let mut params = arguments_are_named(cx, sig);
     skip_names_arguments(cx, args.skip.as_ref(), &mut params, &sig.ident);
     self_is_skipped(cx, &params);
+    let batch = batch::check(cx, &args, func, &params);
+    let is_batch = args.batch.is_some();
 
     let ttl = duration_in_range(cx, "ttl", args.ttl.as_ref(), Duration::from_secs(1)).unwrap_or(DEFAULT_TTL);
     let stale = duration_in_range(cx, "stale", args.stale.as_ref(), Duration::ZERO);
@@ -173,7 +181,8 @@ pub(crate) fn check(cx: &Ctxt, mut args: Args, func: &MaybeItemFn) -> Plan {
         .and_then(|arg| refresh_ahead_is_a_fraction(cx, &arg.value));
     let soft_timeout = duration_in_range(cx, "soft_timeout", args.soft_timeout.as_ref(), Duration::ZERO);
     soft_timeout_needs_stale(cx, args.soft_timeout.as_ref(), args.stale.as_ref());
-    let detached = args.refresh_ahead.is_some() || args.soft_timeout.is_some();
+    // A batch function reports these as arguments it does not take.
+    let detached = !is_batch && (args.refresh_ahead.is_some() || args.soft_timeout.is_some());
     if detached {
         let what = if args.refresh_ahead.is_some() {
             "refresh_ahead"
@@ -193,7 +202,11 @@ pub(crate) fn check(cx: &Ctxt, mut args: Args, func: &MaybeItemFn) -> Plan {
         None => Name::Fixed(sig.ident.unraw().to_string()),
     };
     let version = args.version.as_ref().map_or(1, |arg| version_fits(cx, &arg.value));
-    let cache_none = cache_none_needs_option(cx, args.cache_none.as_ref(), kind, &sig.ident);
+    let cache_none = if is_batch {
+        false
+    } else {
+        cache_none_needs_option(cx, args.cache_none.as_ref(), kind, &sig.ident)
+    };
     let unless = args
         .unless
         .as_ref()
@@ -254,7 +267,11 @@ pub(crate) fn check(cx: &Ctxt, mut args: Args, func: &MaybeItemFn) -> Plan {
         key_generics,
         in_impl,
         kind,
-        value_span,
+        value_span: match &batch {
+            Some(_) => batch::value_span(sig).unwrap_or(value_span),
+            None => value_span,
+        },
+        batch,
         ret: match &sig.output {
             ReturnType::Type(_, ty) => ty.to_token_stream(),
             ReturnType::Default => quote!(()),
@@ -385,6 +402,7 @@ fn arguments_are_named(cx: &Ctxt, sig: &Signature) -> Vec<Param> {
                 skipped: false,
                 span: receiver.self_token.span,
                 end: receiver.self_token.span,
+                mutable: receiver.mutability.is_some(),
             }),
             FnArg::Typed(typed) => match &*typed.pat {
                 Pat::Ident(pat) if pat.subpat.is_none() => params.push(Param {
@@ -399,6 +417,7 @@ fn arguments_are_named(cx: &Ctxt, sig: &Signature) -> Vec<Param> {
                         .into_iter()
                         .last()
                         .map_or(pat.ident.span(), |token| token.span()),
+                    mutable: pat.mutability.is_some(),
                 }),
                 pat => cx.error(
                     pat.span(),

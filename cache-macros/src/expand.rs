@@ -35,6 +35,8 @@ use crate::ctxt::Ctxt;
 use crate::generics::companion_generics;
 use crate::item::MaybeItemFn;
 
+mod batch;
+
 /// The most key arguments `__private::digest_N` takes; more go through one tuple.
 const MAX_DIGEST_ARITY: usize = 6;
 
@@ -94,7 +96,11 @@ impl Plan {
             sig,
             ..
         } = func;
-        let body = self.body("get_or_compute", func);
+        let (body, sig) = match &self.batch {
+            // The arguments are re-bound (with their `mut`) for each run of the body.
+            Some(batch) => (self.batch_body(func, batch), batch::without_mut(sig)),
+            None => (self.body("get_or_compute", func), sig.clone()),
+        };
         let body = in_braces_of(func, quote!(#(#inner_attrs)* #body));
         quote! {
             #(#outer_attrs)*
@@ -152,8 +158,9 @@ impl Plan {
             __aside_cache.invalidate_key(#key).await
         });
         let invalidate = format_ident!("{}_invalidate", fn_name, span = fn_name.span());
+        let these = self.these_arguments();
         let invalidate_doc = [
-            format!(" Invalidates the entry of [`{link}`] for these arguments: `true` if there was one."),
+            format!(" Invalidates the entry of [`{link}`] for {these}: `true` if there was one."),
             String::new(),
             " # Errors".to_owned(),
             String::new(),
@@ -178,7 +185,7 @@ impl Plan {
         let expire = format_ident!("{}_expire", fn_name, span = fn_name.span());
         let expire_doc = [
             format!(
-                " Soft invalidation of the entry of [`{link}`] for these arguments: it turns stale, \
+                " Soft invalidation of the entry of [`{link}`] for {these}: it turns stale, \
                  and within its `stale` window callers keep being served the old value while one \
                  refreshes it. `true` if there was one."
             ),
@@ -208,7 +215,7 @@ impl Plan {
         });
         let key_fn = format_ident!("{}_key", fn_name, span = fn_name.span());
         let key_doc = format!(
-            " The full cache key of [`{link}`] for these arguments, for logs and debugging \
+            " The full cache key of [`{link}`] for {these}, for logs and debugging \
              (`<no key: reason>` when an argument cannot be rendered)."
         );
         let key_doc = doc(&[key_doc], fn_name.span());
@@ -220,6 +227,12 @@ impl Plan {
                 #key_body
             }
         };
+
+        if let Some(batch) = &self.batch {
+            // Neither `_refresh` nor `_with_status`: see `batch_invalidate_many`.
+            let invalidate_many = self.batch_invalidate_many(func, batch, bodies, &lints, &inherited, &link);
+            return quote!(#invalidate #invalidate_many #expire #key_fn);
+        }
 
         let mut refresh_sig = sig.clone();
         refresh_sig.ident = format_ident!("{}_refresh", fn_name, span = fn_name.span());
@@ -277,35 +290,8 @@ impl Plan {
         let binding = self.cache_binding();
         let key = self.key_expr();
         let policy = self.policy_expr();
-        let ret = &self.ret;
         let span = func.brace_token.span.join();
-        // A `return` of the declared type that never runs, before the body: it fixes
-        // the async block's output type, so `?` and `return` infer as in the function
-        // and a type error stays in the body (tracing-attributes does the same).
-        let ret_span = self.ret.clone().into_iter().next().map_or(span, |token| token.span());
-        // The body's statements, not its block: `async move { { x } }` would trip
-        // `unused_braces`. As tokens: a body that does not parse yet is the
-        // compiler's to report, and everything else is still generated.
-        let stmts = &func.body;
-        let body = quote_spanned! {ret_span=>
-            async move {
-                #[allow(
-                    unknown_lints,
-                    unreachable_code,
-                    clippy::diverging_sub_expression,
-                    clippy::empty_loop,
-                    clippy::let_unit_value,
-                    clippy::let_with_type_underscore,
-                    clippy::needless_return,
-                    clippy::unreachable
-                )]
-                if false {
-                    let __aside_fake_return: #ret = loop {};
-                    return __aside_fake_return;
-                }
-                #stmts
-            }
-        };
+        let body = self.async_body(func, TokenStream::new());
         let (compute, unwrap) = match self.kind {
             Kind::Plain => {
                 let private = respan(private.clone(), self.value_span);
@@ -344,6 +330,40 @@ impl Plan {
             let __aside_key = #key;
             let __aside_policy = #policy;
             #call
+        }
+    }
+
+    /// `async move { <prelude> <body> }`, its output fixed to the declared return type.
+    fn async_body(&self, func: &MaybeItemFn, prelude: TokenStream) -> TokenStream {
+        let ret = &self.ret;
+        let span = func.brace_token.span.join();
+        // A `return` of the declared type that never runs, before the body: it fixes
+        // the async block's output type, so `?` and `return` infer as in the function
+        // and a type error stays in the body (tracing-attributes does the same).
+        let ret_span = self.ret.clone().into_iter().next().map_or(span, |token| token.span());
+        // The body's statements, not its block: `async move { { x } }` would trip
+        // `unused_braces`. As tokens: a body that does not parse yet is the
+        // compiler's to report, and everything else is still generated.
+        let stmts = &func.body;
+        quote_spanned! {ret_span=>
+            async move {
+                #[allow(
+                    unknown_lints,
+                    unreachable_code,
+                    clippy::diverging_sub_expression,
+                    clippy::empty_loop,
+                    clippy::let_unit_value,
+                    clippy::let_with_type_underscore,
+                    clippy::needless_return,
+                    clippy::unreachable
+                )]
+                if false {
+                    let __aside_fake_return: #ret = loop {};
+                    return __aside_fake_return;
+                }
+                #prelude
+                #stmts
+            }
         }
     }
 
@@ -411,6 +431,11 @@ impl Plan {
     /// rendering; told apart by the [`Distinct`]s (none for a non-generic free
     /// function, whose key is then exactly the plain digest or rendering).
     fn key_expr(&self) -> TokenStream {
+        self.key_expr_for(OneId::Value)
+    }
+
+    /// [`key_expr`](Plan::key_expr), the batch's id held as `one` says.
+    fn key_expr_for(&self, one: OneId) -> TokenStream {
         let private = &self.private;
         let prefix = &self.prefix;
         let name = self.name_expr();
@@ -418,11 +443,16 @@ impl Plan {
         let types = self.distinct_expr();
         match &self.key {
             Some(template) => {
-                let pieces = self.pieces(template, Use::Key);
+                let pieces = self.pieces(template, Use::Key, one);
                 quote!(#private::template_typed(#prefix, #name, #version, #types, [#(#pieces),*]))
             }
             None => {
-                let args: Vec<TokenStream> = self.params.iter().filter(|p| !p.skipped).map(key_arg).collect();
+                let args: Vec<TokenStream> = self
+                    .params
+                    .iter()
+                    .filter(|p| !p.skipped)
+                    .map(|param| self.key_arg(param, one))
+                    .collect();
                 if args.len() <= MAX_DIGEST_ARITY {
                     // One generic parameter per argument: a type that is not
                     // `Serialize` is reported at its argument, and only there.
@@ -483,7 +513,7 @@ impl Plan {
         let function = self.function_expr();
         policy.extend(quote!(.function(#function)));
         for tag in &self.tags {
-            let pieces = self.pieces(tag, Use::Tag);
+            let pieces = self.pieces(tag, Use::Tag, OneId::Value);
             policy.extend(quote!(.tag([#(#pieces),*])));
         }
         policy
@@ -498,7 +528,7 @@ impl Plan {
 
     /// The `Piece`s of a template. A whole argument's type errors point at the
     /// argument; a field's at the template.
-    fn pieces(&self, template: &Template, usage: Use) -> Vec<TokenStream> {
+    fn pieces(&self, template: &Template, usage: Use, one: OneId) -> Vec<TokenStream> {
         let private = &self.private;
         template
             .segments
@@ -509,10 +539,23 @@ impl Plan {
                     // The check step made sure the argument exists.
                     let param = self.params.iter().find(|p| &p.name == arg)?;
                     let mut ident = param.ident.clone();
+                    if let Some(batch) = self.batch.as_ref().filter(|_| usage == Use::Key) {
+                        if std::ptr::eq(param, &self.params[batch.index]) {
+                            // `{ids}` in the key: the one id of the entry.
+                            let id = one.expr(&batch.one, param.span);
+                            let private = respan(private.clone(), param.span);
+                            let span = template.lit.span();
+                            return Some(if fields.is_empty() {
+                                quote_spanned!(param.span=> #private::key_piece(#id))
+                            } else {
+                                quote_spanned!(span=> #private::Piece::value(&(#id) #(.#fields)*))
+                            });
+                        }
+                    }
                     if fields.is_empty() && usage == Use::Key {
                         // `{region}` in the key: a type that is not `Serialize` is
                         // reported at the argument, as a key argument.
-                        let arg = key_arg(param);
+                        let arg = self.key_arg(param, one);
                         let private = respan(private.clone(), param.span);
                         Some(quote_spanned!(param.span=> #private::key_piece(#arg)))
                     } else if fields.is_empty() {
@@ -529,6 +572,22 @@ impl Plan {
             .collect()
     }
 
+    /// `&arg` for a key argument ([`key_arg_of`]); the batch's one id as `one` holds it.
+    fn key_arg(&self, param: &Param, one: OneId) -> TokenStream {
+        match &self.batch {
+            Some(batch) if std::ptr::eq(param, &self.params[batch.index]) => one.expr(&batch.one, param.span),
+            _ => key_arg_of(param),
+        }
+    }
+
+    /// What the companions' docs call their arguments.
+    fn these_arguments(&self) -> String {
+        match &self.batch {
+            Some(batch) => format!("one id (`{}`) and these other arguments", batch.one),
+            None => "these arguments".to_owned(),
+        }
+    }
+
     /// The arguments of `_invalidate` and `_key`: those the `cache` expression
     /// mentions (`self` as `&self`) and the key arguments, in order; plus the
     /// tokens of their types, to find the generic parameters they need.
@@ -540,6 +599,16 @@ impl Plan {
                 continue;
             }
             let ident = &param.ident;
+            if let Some(batch) = self
+                .batch
+                .as_ref()
+                .filter(|batch| std::ptr::eq(param, &self.params[batch.index]))
+            {
+                let (one, id) = (&batch.one, &batch.id);
+                inputs.push(quote!(#one: #id));
+                id.to_tokens(&mut types);
+                continue;
+            }
             match &param.ty {
                 None => inputs.push(quote_spanned!(param.span=> &#ident)),
                 Some(ty) => {
@@ -552,9 +621,28 @@ impl Plan {
     }
 }
 
+/// How a key refers to a batch's one id.
+#[derive(Clone, Copy)]
+enum OneId {
+    /// A value of the id's type (the companions' argument): the key takes `&id`.
+    Value,
+    /// A reference to one (iterating over the batch): the key takes `id`.
+    Ref,
+}
+
+impl OneId {
+    /// The reference to the id, named `one`, spanned at `span`.
+    fn expr(self, one: &Ident, span: Span) -> TokenStream {
+        match self {
+            OneId::Value => quote_spanned!(span=> &#one),
+            OneId::Ref => quote_spanned!(span=> #one),
+        }
+    }
+}
+
 /// `&arg` for a key argument, spanned so that an error about it covers the
 /// argument as written, `name: Type`: `&` at the name, `arg` at the type's end.
-fn key_arg(param: &Param) -> TokenStream {
+fn key_arg_of(param: &Param) -> TokenStream {
     let amp = quote_spanned!(param.span=> &);
     let mut ident = param.ident.clone();
     ident.set_span(param.ident.span().located_at(param.end));

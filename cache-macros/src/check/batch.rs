@@ -14,7 +14,7 @@ use crate::ctxt::Ctxt;
 use crate::item::MaybeItemFn;
 
 /// How the batch parameter holds its ids (and so how the body gets the missing ones).
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Shape {
     /// `&[I]`: the body gets a slice of the missing ids.
     Slice,
@@ -299,4 +299,100 @@ fn one_id(params: &[Param], batch: &Param) -> Ident {
         .find(|name| !taken(name) && syn::parse_str::<Ident>(name).is_ok())
         .unwrap_or("__aside_id");
     Ident::new(name, batch.span)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The batch `check` settles for `#[cached(attr)] item`: shape, id type and
+    /// the companions' name for one id; and every error.
+    fn batch(attr: &str, item: &str) -> (Option<(Shape, String, String)>, Vec<String>) {
+        let args: Args = syn::parse_str(attr).unwrap();
+        let func: MaybeItemFn = syn::parse_str(item).unwrap();
+        let cx = Ctxt::new();
+        let plan = super::super::check(&cx, args, &func);
+        let errors = match cx.check() {
+            Ok(()) => Vec::new(),
+            Err(errors) => errors.into_iter().map(|e| e.to_string()).collect(),
+        };
+        let batch = plan
+            .batch
+            .map(|b| (b.shape, b.id.to_token_stream().to_string(), b.one.to_string()));
+        (batch, errors)
+    }
+
+    const MAP: &str = "Result<HashMap<u64, String>, E>";
+
+    #[test]
+    fn the_ids_are_a_slice_a_vec_or_a_vec_reference() {
+        let ok = |ids: &str, ret: &str| batch("batch = ids", &format!("async fn f(ids: {ids}) -> {ret} {{}}"));
+        assert_eq!(
+            ok("&[u64]", MAP),
+            (Some((Shape::Slice, "u64".into(), "id".into())), vec![])
+        );
+        assert_eq!(ok("Vec<u64>", MAP).0.unwrap().0, Shape::Vec);
+        assert_eq!(ok("&'a std::vec::Vec<u64>", MAP).0.unwrap().0, Shape::VecRef);
+        let full = "io::Result<std::collections::HashMap<u64, String>>";
+        assert_eq!(ok("&[u64]", full).1, Vec::<String>::new());
+        for wrong in ["HashSet<u64>", "&mut [u64]", "[u64; 3]", "u64"] {
+            let (plan, errors) = ok(wrong, MAP);
+            assert!(plan.is_none(), "{wrong}");
+            assert!(
+                errors[0].contains("must be `&[I]`, `Vec<I>` or `&Vec<I>`"),
+                "{wrong}: {errors:?}"
+            );
+        }
+        for wrong in [
+            "Result<Vec<String>, E>",
+            "HashMap<u64, String>",
+            "Result<HashMap<u64>, E>",
+        ] {
+            let (_, errors) = ok("&[u64]", wrong);
+            assert!(
+                errors[0].contains("returns `Result<HashMap<I, T>, E>`"),
+                "{wrong}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_id_is_named_after_the_ids() {
+        let one = |item: &str| batch("batch = user_ids", item).0.map(|b| b.2);
+        assert_eq!(
+            one(&format!("async fn f(user_ids: &[u64]) -> {MAP} {{}}")).unwrap(),
+            "user_id"
+        );
+        // Taken by another argument: `id`, then `batch_id`.
+        assert_eq!(
+            one(&format!("async fn f(user_id: u8, user_ids: &[u64]) -> {MAP} {{}}")).unwrap(),
+            "id"
+        );
+        let item = format!("async fn f(user_id: u8, id: u8, user_ids: &[u64]) -> {MAP} {{}}");
+        assert_eq!(one(&item).unwrap(), "batch_id");
+    }
+
+    #[test]
+    fn arguments_without_meaning_for_a_batch_are_refused() {
+        let item = format!("async fn f(ids: &[u64]) -> {MAP} {{}}");
+        let (_, errors) = batch(
+            "batch = ids, refresh_ahead = 0.5, unless = f, ttl_from = g, cache_none = true",
+            &item,
+        );
+        let names: Vec<&str> = errors.iter().map(|e| e.split('`').nth(1).unwrap_or("")).collect();
+        assert_eq!(
+            names,
+            ["refresh_ahead", "unless", "ttl_from", "cache_none"],
+            "{errors:?}"
+        );
+        let (_, errors) = batch("batch = ids, tags = [\"user:{ids}\"]", &item);
+        assert!(errors[0].contains("cannot use `{ids}`"), "{errors:?}");
+        let (_, errors) = batch("batch = ids, skip(ids)", &item);
+        assert!(errors[0].contains("it cannot be skipped"), "{errors:?}");
+        let (_, errors) = batch("batch = idz", &item);
+        assert!(
+            errors[0].starts_with("`batch = idz`: `f` has no such argument"),
+            "{errors:?}"
+        );
+    }
 }

@@ -72,6 +72,9 @@ use proc_macro::TokenStream;
 /// | `<fn>_key(key args) -> String` | the full key, for logs and debugging |
 /// | `<fn>_with_status(all args) -> (<fn's return type>, aside::CacheStatus)` | the call, and how it was answered: `Hit`, `Stale`, `Miss`, `Coalesced` or `Bypassed` |
 ///
+/// A [`batch`](#batch) function's companions take one id where the batch
+/// parameter was, and differ a little (see there).
+///
 /// "Key args" are the arguments not in [`skip`](#skip), in order — plus those the
 /// [`cache`](#cache) expression needs: `&self` for `cache = self.cache`, or a skipped
 /// argument it names. `_invalidate`, `_expire` and `_refresh` are `async`; `_key` is not, and
@@ -570,6 +573,79 @@ use proc_macro::TokenStream;
 /// # Ok(()) }
 /// ```
 ///
+/// # `batch`
+///
+/// Batch memoization: `batch = ids` makes a function over many ids cache each id
+/// on its own. The function takes the ids as `&[I]`, `Vec<I>` or `&Vec<I>` and
+/// returns `Result<HashMap<I, T>, E>` (any paths ending in `Result` and `HashMap`,
+/// such as `std::collections::HashMap` or `io::Result`). A call reads every id's
+/// entry at once (one `MGET`; on a cluster one per hash slot, in parallel), runs
+/// the body with **only the missing ids**, in the parameter's own type (a `&[I]`
+/// of the missing ids), and stores each id it returns as an entry of its own.
+/// Concurrent calls, in any process, compute each id once: a missing id is
+/// leased as a single call's key would be (see
+/// [`Cache::get_many_or_compute`](https://docs.rs/aside/latest/aside/struct.Cache.html#method.get_many_or_compute),
+/// which this calls).
+///
+/// - **One entry per id.** The key of an id's entry is the key the function would
+///   have with that id in place of the batch parameter: `users(&db, "eu", &[1, 2])`
+///   stores what `user(&db, "eu", 1)` and `user(&db, "eu", 2)` would store if
+///   `user` were cached with the same `prefix`, `name` and key arguments (`id: u64`
+///   where `ids` was). Such a single-id function reads the batch's entries and the
+///   other way round. In a [`key`](#key) template, `{ids}` stands for the one id.
+/// - **An id absent from the returned map** (a row that does not exist) is neither
+///   stored nor in the result, and is asked for again by the next call. An `Err`
+///   is returned as is and nothing of it is stored.
+/// - **The body may run twice** in one call: a second time for ids another caller
+///   was computing when that computation ended without them (or `wait` ran out).
+///   Each run gets its own copy of every other argument — a reference is
+///   re-borrowed, an owned value is cloned (so it must be `Clone`), and `&mut` is
+///   a compile error.
+/// - **Companions** take one id where the batch parameter was: `<fn>_invalidate`,
+///   `<fn>_expire` and `<fn>_key` (`users_invalidate("eu", 2)` drops id 2's entry
+///   only), plus `<fn>_invalidate_many(other key args, ids) -> Result<u64, Error>`
+///   (how many of those ids had an entry). There is no `_refresh` (invalidate the
+///   ids, then call the function) and no `_with_status` (each id of a batch is
+///   answered its own way; `stats()` counts them: a hit, stale hit or miss per id).
+/// - **Tags** are recorded alike for every id of a call: they may use the other
+///   arguments (`region:{region}`), not the batch parameter (a compile error).
+/// - `stale` serves an entry within its window as a hit (not refreshed);
+///   `refresh_ahead`, `soft_timeout`, `unless`, `ttl_from` and `cache_none` do
+///   not apply to a batch and are compile errors; the batch parameter cannot be
+///   skipped.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use aside::cached;
+///
+/// # #[derive(Debug)] pub struct DbError;
+/// /// The database; records the ids of each query.
+/// #[derive(Default)]
+/// pub struct Db { queries: Mutex<Vec<Vec<u64>>> }
+///
+/// #[cached(prefix = "users", ttl = 300, tags = ["region:{region}"], skip(db), batch = ids)]
+/// async fn users(db: &Db, region: &str, ids: &[u64]) -> Result<HashMap<u64, String>, DbError> {
+///     db.queries.lock().unwrap().push(ids.to_vec());
+///     Ok(ids.iter().map(|&id| (id, format!("{region} user {id}"))).collect())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let db = Db::default();
+/// assert_eq!(users(&db, "eu", &[1, 2]).await.unwrap().len(), 2);
+/// let three = users(&db, "eu", &[1, 2, 3]).await.unwrap(); // 1 and 2 are hits
+/// assert_eq!(three[&3], "eu user 3");
+/// assert_eq!(*db.queries.lock().unwrap(), [vec![1, 2], vec![3]]);
+///
+/// assert!(users_key("eu", 2).starts_with("aside:users:users:v1.1:")); // id 2's entry
+/// assert!(users_invalidate("eu", 2).await?); // drops id 2 only
+/// users(&db, "eu", &[1, 2, 3]).await.unwrap();
+/// assert_eq!(db.queries.lock().unwrap()[2], [2]);
+/// assert_eq!(users_invalidate_many("eu", &[1, 2, 3, 4]).await?, 3);
+/// # Ok(()) }
+/// ```
+///
 /// # `cache`
 ///
 /// Which cache to use: an expression giving something that dereferences to an
@@ -626,7 +702,11 @@ use proc_macro::TokenStream;
 /// placeholders without a separator; an unskipped `self` or destructuring pattern;
 /// `cache_none` without `Option`; a `jitter` that is not a percentage from 0% to
 /// 50%; a `refresh_ahead` not strictly between 0 and 1; a `soft_timeout` without
-/// `stale`; with either of those, a body that borrows an argument; an `unless` or `ttl_from` that is not a
+/// `stale`; with either of those, a body that borrows an argument; a `batch` naming
+/// no argument, naming a skipped one or one that is not `&[I]`, `Vec<I>` or `&Vec<I>`,
+/// on a function not returning `Result<HashMap<I, T>, E>`, with a tag using the ids,
+/// with `refresh_ahead`, `soft_timeout`, `unless`, `ttl_from` or `cache_none`, or
+/// with a body using an argument that is `&mut`; an `unless` or `ttl_from` that is not a
 /// function's path (or a function of the wrong type, reported at the path); a key argument that is not `Serialize` (the
 /// error names the type and says to derive `Serialize` or `skip` the argument), or a
 /// stored type that is not `Serialize + DeserializeOwned`.

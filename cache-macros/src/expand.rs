@@ -1,6 +1,7 @@
 //! Code generation for `#[cached]`: the checked [`Plan`] becomes the rewritten
-//! function and its three companions. Nothing is decided here: the rules are in
-//! `check.rs`, the analysis of generics in `generics.rs`.
+//! function and its companions (those of a `batch = ids` function in
+//! `expand/batch.rs`). Nothing is decided here: the rules are in `check.rs`,
+//! the analysis of generics in `generics.rs`.
 //!
 //! The rewritten body is one call into the runtime:
 //!
@@ -30,6 +31,7 @@ use syn::spanned::Spanned as _;
 use syn::{Attribute, Ident};
 
 use crate::attr::{Args, Segment, Template};
+use crate::check::batch::Batch;
 use crate::check::{self, Distinct, Kind, Name, Param, Plan, Use};
 use crate::ctxt::Ctxt;
 use crate::generics::companion_generics;
@@ -539,18 +541,16 @@ impl Plan {
                     // The check step made sure the argument exists.
                     let param = self.params.iter().find(|p| &p.name == arg)?;
                     let mut ident = param.ident.clone();
-                    if let Some(batch) = self.batch.as_ref().filter(|_| usage == Use::Key) {
-                        if std::ptr::eq(param, &self.params[batch.index]) {
-                            // `{ids}` in the key: the one id of the entry.
-                            let id = one.expr(&batch.one, param.span);
-                            let private = respan(private.clone(), param.span);
-                            let span = template.lit.span();
-                            return Some(if fields.is_empty() {
-                                quote_spanned!(param.span=> #private::key_piece(#id))
-                            } else {
-                                quote_spanned!(span=> #private::Piece::value(&(#id) #(.#fields)*))
-                            });
-                        }
+                    if let Some(batch) = self.batch_of(param).filter(|_| usage == Use::Key) {
+                        // `{ids}` in the key: the one id of the entry.
+                        let id = one.expr(&batch.one, param.span);
+                        let private = respan(private.clone(), param.span);
+                        let span = template.lit.span();
+                        return Some(if fields.is_empty() {
+                            quote_spanned!(param.span=> #private::key_piece(#id))
+                        } else {
+                            quote_spanned!(span=> #private::Piece::value(&(#id) #(.#fields)*))
+                        });
                     }
                     if fields.is_empty() && usage == Use::Key {
                         // `{region}` in the key: a type that is not `Serialize` is
@@ -574,10 +574,17 @@ impl Plan {
 
     /// `&arg` for a key argument ([`key_arg_of`]); the batch's one id as `one` holds it.
     fn key_arg(&self, param: &Param, one: OneId) -> TokenStream {
-        match &self.batch {
-            Some(batch) if std::ptr::eq(param, &self.params[batch.index]) => one.expr(&batch.one, param.span),
-            _ => key_arg_of(param),
+        match self.batch_of(param) {
+            Some(batch) => one.expr(&batch.one, param.span),
+            None => key_arg_of(param),
         }
+    }
+
+    /// The batch, when `param` is its parameter.
+    fn batch_of(&self, param: &Param) -> Option<&Batch> {
+        self.batch
+            .as_ref()
+            .filter(|batch| std::ptr::eq(param, &self.params[batch.index]))
     }
 
     /// What the companions' docs call their arguments.
@@ -599,11 +606,7 @@ impl Plan {
                 continue;
             }
             let ident = &param.ident;
-            if let Some(batch) = self
-                .batch
-                .as_ref()
-                .filter(|batch| std::ptr::eq(param, &self.params[batch.index]))
-            {
+            if let Some(batch) = self.batch_of(param) {
                 let (one, id) = (&batch.one, &batch.id);
                 inputs.push(quote!(#one: #id));
                 id.to_tokens(&mut types);

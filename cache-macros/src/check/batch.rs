@@ -3,7 +3,6 @@
 //! first doc line states it, reporting into the [`Ctxt`].
 
 use proc_macro2::Span;
-use quote::ToTokens;
 use syn::ext::IdentExt as _;
 use syn::spanned::Spanned as _;
 use syn::{GenericArgument, Ident, PathArguments, ReturnType, Signature, Type};
@@ -188,9 +187,9 @@ fn batch_holds_ids(cx: &Ctxt, param: &Param) -> Option<(Shape, Type)> {
         cx.error(
             ty.span(),
             format!(
-                "`{}` holds the batch's ids, so it must be `&[I]`, `Vec<I>` or `&Vec<I>`; this is `{}`",
-                param.name,
-                ty.to_token_stream()
+                "`{}` holds the batch's ids, so it must be `&[I]`, `Vec<I>` or `&Vec<I>` \
+                 (the body is then given the missing ids the same way)",
+                param.name
             ),
         );
     }
@@ -271,9 +270,9 @@ fn type_args<'t, const N: usize>(ty: &'t Type, name: &str) -> Option<[&'t Type; 
 /// caller was computing), each run with its own copy of every argument.
 fn other_arguments_are_shared(cx: &Ctxt, param: &Param, batch: &str) {
     if let Some(Type::Reference(reference)) = param.ty.as_ref().map(ungroup) {
-        if reference.mutability.is_some() {
+        if let Some(mutability) = reference.mutability {
             cx.error(
-                param.span,
+                mutability.span,
                 format!(
                     "the body of a `batch` function may run twice (the second time for the ids of \
                      `{batch}` another caller was computing), so it cannot take `{}` as `&mut`: take it \
@@ -303,6 +302,8 @@ fn one_id(params: &[Param], batch: &Param) -> Ident {
 
 #[cfg(test)]
 mod tests {
+    use quote::ToTokens;
+
     use super::*;
 
     /// The batch `check` settles for `#[cached(attr)] item`: shape, id type and

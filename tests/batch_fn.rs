@@ -4,12 +4,14 @@
 //! calls, and its companions address one id's entry.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aside::{cached, Cache};
 use serde::{Deserialize, Serialize};
 use support::Fixture;
+use tokio::sync::Notify;
 
 mod support;
 
@@ -21,6 +23,7 @@ on_backends!([memory, redis, cluster]
     a_tag_of_the_other_arguments_drops_every_id_of_it,
     an_id_the_body_leaves_out_is_not_stored,
     ids_given_as_a_vec_or_a_vec_reference,
+    the_body_runs_again_for_an_id_whose_other_caller_failed,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -304,4 +307,76 @@ async fn ids_given_as_a_vec_or_a_vec_reference(fixture: Fixture) {
     names_of(&cache, &db, &vec![5, 6, 7]).await.unwrap();
     assert_eq!(db.queries()[2..], [vec![5, 6], vec![7]]);
     assert!(names_of_invalidate(&cache, 7).await.unwrap());
+}
+
+/// A database whose first query for id 7 waits for `go`, then fails.
+#[derive(Default)]
+struct Flaky {
+    go: Notify,
+    failed: AtomicBool,
+    queries: Mutex<Vec<Vec<u64>>>,
+}
+
+impl Flaky {
+    fn queries(&self) -> Vec<Vec<u64>> {
+        self.queries.lock().unwrap().clone()
+    }
+}
+
+/// `label` is owned: each run of the body gets a clone.
+#[cached(prefix = "batch-fn", ttl = 60, skip(cache, db), cache = cache, batch = ids)]
+async fn labels(cache: &Cache, db: &Flaky, label: String, ids: &[u64]) -> Result<HashMap<u64, String>, String> {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    db.queries.lock().unwrap().push(sorted);
+    if ids.contains(&7) && !db.failed.swap(true, Ordering::SeqCst) {
+        db.go.notified().await;
+        return Err("db down".to_owned());
+    }
+    Ok(ids.iter().map(|&id| (id, format!("{label} {id}"))).collect())
+}
+
+async fn the_body_runs_again_for_an_id_whose_other_caller_failed(fixture: Fixture) {
+    // Two handles on one Redis stand for two processes; the memory store is one process's.
+    let first = fixture.cache().await;
+    let second = if fixture.is_memory() {
+        first.clone()
+    } else {
+        fixture.cache().await
+    };
+    let db = Arc::new(Flaky::default());
+    let holder = {
+        let (cache, db) = (first.clone(), db.clone());
+        tokio::spawn(async move { labels(&cache, &db, "label".to_owned(), &[7]).await })
+    };
+    for _ in 0..200 {
+        if !db.queries().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(db.queries(), [vec![7]], "the holder is computing 7");
+    let batch = {
+        let (cache, db) = (second.clone(), db.clone());
+        tokio::spawn(async move { labels(&cache, &db, "label".to_owned(), &[5, 6, 7, 8]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        db.queries(),
+        [vec![7], vec![5, 6, 8]],
+        "7 is waited for, the others computed"
+    );
+
+    db.go.notify_one();
+    assert_eq!(holder.await.unwrap(), Err("db down".to_owned()));
+    let got = batch.await.unwrap().unwrap();
+    let expected: HashMap<u64, String> = [5, 6, 7, 8].map(|id| (id, format!("label {id}"))).into();
+    assert_eq!(got, expected, "7 too, from a second run with its own `label`");
+    assert_eq!(db.queries(), [vec![7], vec![5, 6, 8], vec![7]]);
+    assert!(
+        fixture
+            .holds(&second, &labels_key(&second, "label".to_owned(), 7))
+            .await,
+        "and stored, under the lease taken over"
+    );
 }

@@ -6,8 +6,9 @@
 //! `item.rs` the function, its body kept as tokens), check (`check.rs`, every rule
 //! a named function reporting into the error context of `ctxt.rs`; `generics.rs`
 //! works out what the generic parameters mean for the key and the companions), and
-//! expand (`expand.rs`, which only generates). `lib.rs` holds these docs and the
-//! entry point.
+//! expand (`expand.rs`, which only generates); `batch = ids` has its rules in
+//! `check/batch.rs` and its code in `expand/batch.rs`. `lib.rs` holds these docs
+//! and the entry point.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 

@@ -610,7 +610,8 @@ use proc_macro::TokenStream;
 ///   answered its own way; `stats()` counts them: a hit, stale hit or miss per id).
 /// - **Tags** are recorded alike for every id of a call: they may use the other
 ///   arguments (`region:{region}`), not the batch parameter (a compile error).
-/// - `stale` serves an entry within its window as a hit (not refreshed);
+/// - `stale` serves an entry within its window as a hit (not refreshed; so
+///   `_expire` of an id makes the next call compute it only without `stale`);
 ///   `refresh_ahead`, `soft_timeout`, `unless`, `ttl_from` and `cache_none` do
 ///   not apply to a batch and are compile errors; the batch parameter cannot be
 ///   skipped.

@@ -144,7 +144,7 @@ impl Plan {
             .filter(|attr| attr.path().is_ident("cfg") || attr.path().is_ident("allow"))
             .collect();
 
-        let (inputs, mut used) = self.companion_inputs();
+        let (inputs, mut used) = self.companion_inputs(true);
         // The parameters that are part of the key, even if no argument names them
         // (`parse_as::<u32>`): the companions must be told them as well.
         for param in &self.key_generics {
@@ -598,7 +598,10 @@ impl Plan {
     /// The arguments of `_invalidate` and `_key`: those the `cache` expression
     /// mentions (`self` as `&self`) and the key arguments, in order; plus the
     /// tokens of their types, to find the generic parameters they need.
-    fn companion_inputs(&self) -> (Vec<TokenStream>, TokenStream) {
+    ///
+    /// A batch function's companions take one id where the function takes its ids
+    /// (`one_id`), but `_invalidate_many`, which takes them as the function does.
+    fn companion_inputs(&self, one_id: bool) -> (Vec<TokenStream>, TokenStream) {
         let mut inputs = Vec::new();
         let mut types = TokenStream::new();
         for param in &self.params {
@@ -606,7 +609,7 @@ impl Plan {
                 continue;
             }
             let ident = &param.ident;
-            if let Some(batch) = self.batch_of(param) {
+            if let Some(batch) = self.batch_of(param).filter(|_| one_id) {
                 let (one, id) = (&batch.one, &batch.id);
                 inputs.push(quote!(#one: #id));
                 id.to_tokens(&mut types);

@@ -107,21 +107,7 @@ impl Plan {
         let ids = &param.ident;
         let one = &batch.one;
 
-        let mut inputs = Vec::new();
-        let mut used = TokenStream::new();
-        for param in &self.params {
-            if param.skipped && !self.cache_mentions.contains(&param.name) {
-                continue;
-            }
-            let ident = &param.ident;
-            match &param.ty {
-                None => inputs.push(quote_spanned!(param.span=> &#ident)),
-                Some(ty) => {
-                    inputs.push(quote!(#ident: #ty));
-                    used.extend(quote!(#ty));
-                }
-            }
-        }
+        let (inputs, mut used) = self.companion_inputs(false);
         for param in &self.key_generics {
             used.extend(quote!(#param));
         }

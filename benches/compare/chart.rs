@@ -58,7 +58,7 @@ fn target(case: &str) -> Option<f64> {
         Some(0.9)
     } else if case.starts_with("hit") && case.contains("vs cached") {
         Some(1.0)
-    } else if case.starts_with("memory hit vs raw moka") {
+    } else if case.starts_with("memory hit vs raw moka") || case.starts_with("tiered hit vs raw moka") {
         Some(0.5)
     } else {
         None

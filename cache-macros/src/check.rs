@@ -150,6 +150,9 @@ pub(crate) struct Plan {
     pub(crate) ret: TokenStream,
     /// `batch = ids`: one entry per id, through `get_many_or_compute`.
     pub(crate) batch: Option<batch::Batch>,
+    /// The stored type, when hits may clone its kept decoded value out (see
+    /// [`generics::may_share`]).
+    pub(crate) shared: Option<Type>,
 }
 
 /// Checks the arguments against the function, recording every mistake in `cx`.
@@ -160,7 +163,8 @@ pub(crate) fn check(cx: &Ctxt, mut args: Args, func: &MaybeItemFn) -> Plan {
     let sig = &func.sig;
 
     is_async(cx, sig);
-    let (kind, value_span) = returns_a_value(cx, sig);
+    let (kind, value_span, stored) = returns_a_value(cx, sig);
+    let shared = stored.filter(|stored| generics::may_share(sig, stored));
     let mut params = arguments_are_named(cx, sig);
     skip_names_arguments(cx, args.skip.as_ref(), &mut params, &sig.ident);
     self_is_skipped(cx, &params);
@@ -276,6 +280,7 @@ pub(crate) fn check(cx: &Ctxt, mut args: Args, func: &MaybeItemFn) -> Plan {
             ReturnType::Type(_, ty) => ty.to_token_stream(),
             ReturnType::Default => quote!(()),
         },
+        shared,
     }
 }
 
@@ -331,7 +336,7 @@ fn is_async(cx: &Ctxt, sig: &Signature) {
 ///
 /// Gives the [`Kind`] and the span of the stored part (`T` in `Result<T, E>` and
 /// `Option<T>`, else the whole type).
-fn returns_a_value(cx: &Ctxt, sig: &Signature) -> (Kind, Span) {
+fn returns_a_value(cx: &Ctxt, sig: &Signature) -> (Kind, Span, Option<Type>) {
     let ty = match &sig.output {
         ReturnType::Type(_, ty) => ungroup(ty),
         ReturnType::Default => {
@@ -342,7 +347,7 @@ fn returns_a_value(cx: &Ctxt, sig: &Signature) -> (Kind, Span) {
                     sig.ident
                 ),
             );
-            return (Kind::Plain, sig.ident.span());
+            return (Kind::Plain, sig.ident.span(), None);
         }
     };
     match ty {
@@ -368,7 +373,9 @@ fn returns_a_value(cx: &Ctxt, sig: &Signature) -> (Kind, Span) {
                 if kind != Kind::Plain {
                     if let PathArguments::AngleBracketed(generic) = &last.arguments {
                         if let Some(GenericArgument::Type(value)) = generic.args.first() {
-                            return (kind, value.span());
+                            // `Option<T>` stores the option, `Result<T, E>` the `T`.
+                            let stored = if kind == Kind::Result { value } else { ty };
+                            return (kind, value.span(), Some(stored.clone()));
                         }
                     }
                 }
@@ -376,7 +383,7 @@ fn returns_a_value(cx: &Ctxt, sig: &Signature) -> (Kind, Span) {
         }
         _ => {}
     }
-    (Kind::Plain, ty.span())
+    (Kind::Plain, ty.span(), Some(ty.clone()))
 }
 
 fn ungroup(mut ty: &Type) -> &Type {

@@ -9,11 +9,19 @@
 //! let __aside_cache: &Cache = &(<cache>);            // or __private::global()
 //! let __aside_key = digest_2("computed", "revenue", 1u32, &[], &region, &month);
 //! let __aside_policy = Policy::new(ttl).function("computed:revenue").tag([Piece::Lit("orders")]);
-//! __aside_cache.get_or_compute(__aside_key, &__aside_policy, compute(move || async move {
-//!     if false { let __aside_fake_return: <return type> = loop {}; return __aside_fake_return; }
-//!     <body>
-//! })).await
+//! let (__aside_output, __aside_status) = get_or_compute(
+//!     __aside_cache, __aside_key, &__aside_policy,
+//!     (&SharingProbe::<Report>::new()).sharing(),    // or Decode
+//!     compute(move || async move {
+//!         if false { let __aside_fake_return: <return type> = loop {}; return __aside_fake_return; }
+//!         <body>
+//!     }),
+//! ).await;
+//! __aside_output
 //! ```
+//!
+//! (The probe picks, for the stored type, whether hits on in-process entries
+//! clone the kept decoded value out or decode: see `Plan::shared`.)
 //!
 //! (`&[]` lists what tells instantiations apart: `type_name::<Self>()` for a
 //! method, `type_name::<T>()` for each type parameter of a generic function.)
@@ -316,7 +324,25 @@ impl Plan {
         let private_at_value = respan(self.private.clone(), self.value_span);
         // The call is spanned at the stored type, so that "not Serialize/DeserializeOwned"
         // points there (and only there).
-        let call = if with_status {
+        let call = if method == "get_or_compute" || method == "get_or_compute_with_status" {
+            // Through the runtime's sharing probe: hits on in-process entries
+            // clone the kept decoded value out when the stored type allows it.
+            let share = self.sharing();
+            let output = if with_status {
+                quote_spanned!(self.value_span=> (__aside_output #unwrap, __aside_status))
+            } else {
+                quote_spanned!(self.value_span=> __aside_output #unwrap)
+            };
+            quote_spanned! {self.value_span=>
+                // The probe's borrow is what picks (autoref specialisation).
+                #[allow(clippy::needless_borrow)]
+                let __aside_share = #share;
+                let (__aside_output, __aside_status) = #private_at_value::get_or_compute(
+                    __aside_cache, __aside_key, &__aside_policy, __aside_share, #private_at_value::compute(#compute),
+                ).await;
+                #output
+            }
+        } else if with_status {
             quote_spanned! {self.value_span=>
                 let (__aside_output, __aside_status) = __aside_cache
                     .#method(__aside_key, &__aside_policy, #private_at_value::compute(#compute)).await;
@@ -366,6 +392,23 @@ impl Plan {
                 #prelude
                 #stmts
             }
+        }
+    }
+
+    /// How hits hand out in-process entries' decoded values: what the
+    /// runtime's probe picks for the stored type, or decoding every hit when
+    /// the type may not be probed ([`Plan::shared`]).
+    fn sharing(&self) -> TokenStream {
+        let private = respan(self.private.clone(), self.value_span);
+        match &self.shared {
+            Some(stored) => quote_spanned! {self.value_span=>
+                {
+                    #[allow(unused_imports)]
+                    use #private::{ByClone as _, ByDecode as _};
+                    (&#private::SharingProbe::<#stored>::new()).sharing()
+                }
+            },
+            None => quote_spanned!(self.value_span=> #private::Decode),
         }
     }
 

@@ -66,6 +66,32 @@ pub(crate) fn is_impl_trait(ty: &syn::Type) -> bool {
     names.contains("impl")
 }
 
+/// Whether the hits of a function storing `value` may clone a kept decoded
+/// value out, chosen at compile time by the runtime's sharing probe: only for a
+/// type written without anything the probe could take for `'static` when it is
+/// not — a lifetime, `Self`, `impl`/`dyn`, a type parameter of the function, or
+/// a name written like one (`T`, `K2`: the function may sit in a generic `impl`,
+/// whose parameters the attribute cannot see). Trait selection ignores
+/// lifetimes, so the probe would pick cloning for such a type, and the
+/// `'static` its cell needs would then fail to compile.
+pub(crate) fn may_share(sig: &Signature, value: &syn::Type) -> bool {
+    let mut names = BTreeSet::new();
+    idents(value.to_token_stream(), &mut names);
+    let params: BTreeSet<String> = sig.generics.params.iter().map(param_name).collect();
+    !names.iter().any(|name| {
+        name.starts_with('\'')
+            || matches!(name.as_str(), "Self" | "impl" | "dyn")
+            || params.contains(name)
+            || looks_like_a_type_parameter(name)
+    })
+}
+
+/// `T`, `U2`, `KV`: at most two capitals, then digits.
+fn looks_like_a_type_parameter(name: &str) -> bool {
+    let capitals = name.chars().take_while(char::is_ascii_uppercase).count();
+    (1..=2).contains(&capitals) && name.chars().skip(capitals).all(|c| c.is_ascii_digit())
+}
+
 /// A parameter's name as [`idents`] collects it: `T`, `'a`, `N`.
 fn param_name(param: &GenericParam) -> String {
     match param {
@@ -174,6 +200,27 @@ mod tests {
         let kept = companion_generics(&generics(params, where_clause), used.parse().unwrap());
         let (params, _, where_clause) = kept.split_for_impl();
         quote!(#params #where_clause).to_string()
+    }
+
+    fn shares(sig: &str, value: &str) -> bool {
+        let sig: Signature = syn::parse_str(sig).unwrap();
+        may_share(&sig, &syn::parse_str(value).unwrap())
+    }
+
+    #[test]
+    fn only_types_that_cannot_hide_a_lifetime_are_probed_for_cloning() {
+        let plain = "async fn f(id: u32) -> Report";
+        assert!(shares(plain, "Report"));
+        assert!(shares(plain, "Vec<std::collections::HashMap<String, u64>>"));
+        assert!(shares(plain, "Option<Vec<Row>>"));
+        assert!(!shares("async fn f<'a>(x: &'a str) -> Cow<'a, str>", "Cow<'a, str>"));
+        assert!(!shares("async fn f() -> Cow<'static, str>", "Cow<'static, str>"));
+        assert!(!shares("async fn f(&self) -> Self", "Self"));
+        assert!(!shares("async fn f<Row: Clone>() -> Vec<Row>", "Vec<Row>"));
+        // Names written like a type parameter of an enclosing `impl`.
+        assert!(!shares(plain, "Vec<T>"));
+        assert!(!shares(plain, "HashMap<K2, V>"));
+        assert!(shares(plain, "Vec<Tx>"));
     }
 
     #[test]

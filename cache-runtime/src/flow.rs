@@ -21,6 +21,7 @@ use crate::lock::REFRESH_BACKOFF;
 use crate::outcome::Outcome;
 use crate::policy::{clamp, jittered, Policy, MIN_TTL};
 use crate::redact::Redacted;
+use crate::share::{Decode, Sharing};
 use crate::stats::{Event, Probe};
 
 /// What every call of one cache shares.
@@ -55,7 +56,7 @@ impl Shared {
 
 /// One call of [`get_or_compute`](crate::Cache::get_or_compute) or
 /// [`refresh`](crate::Cache::refresh) for the full key `entry`.
-pub(crate) struct Call<'c, F> {
+pub(crate) struct Call<'c, F, S = Decode> {
     shared: &'c Shared,
     policy: &'c Policy,
     probe: &'c Probe<'c>,
@@ -68,6 +69,8 @@ pub(crate) struct Call<'c, F> {
     deadline: Instant,
     waited: bool,
     compute: F,
+    /// How a hit on an in-process entry hands out its decoded value.
+    share: S,
 }
 
 impl<'c, O, F, Fut> Call<'c, F>
@@ -76,6 +79,7 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = O>,
 {
+    /// A call whose hits decode the entry (see [`sharing`](Call::sharing)).
     pub(crate) fn new(
         shared: &'c Shared,
         entry: &'c str,
@@ -94,9 +98,34 @@ where
             deadline: after(started, policy.wait_limit()),
             waited: false,
             compute,
+            share: Decode,
         }
     }
 
+    /// The same call, handing out the values of in-process entries as `share` says.
+    pub(crate) fn sharing<S: Sharing<O::Value>>(self, share: S) -> Call<'c, F, S> {
+        Call {
+            shared: self.shared,
+            policy: self.policy,
+            probe: self.probe,
+            entry: self.entry,
+            lease: self.lease,
+            started: self.started,
+            deadline: self.deadline,
+            waited: self.waited,
+            compute: self.compute,
+            share,
+        }
+    }
+}
+
+impl<'c, O, F, Fut, S> Call<'c, F, S>
+where
+    O: Outcome,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = O>,
+    S: Sharing<O::Value>,
+{
     /// `get_or_compute`: a hit, a stale value, or a miss.
     pub(crate) async fn lookup(self) -> O {
         let found = self.read().await;
@@ -106,17 +135,28 @@ where
     /// What the store holds for the entry. The future borrows the call's parts,
     /// not the call (whose computation need not be `Sync`).
     pub(crate) fn read(&self) -> impl Future<Output = Found<O::Value>> + 'c {
-        let (shared, entry, policy, probe) = (self.shared, self.entry, self.policy, self.probe);
+        let (shared, entry, policy, probe, share) = (self.shared, self.entry, self.policy, self.probe, self.share);
         async move {
-            let (stored, copied) = match shared.store.copy(entry) {
-                Some(copy) => (Ok(Some(copy)), true),
-                None => (shared.store.get(entry).await, false),
+            let (stored, held) = match shared.store.in_process(entry) {
+                Some(held) => {
+                    if let Some(kept) = held.decoded.take(share).filter(Entry::is_fresh) {
+                        if held.copy {
+                            probe.record(Event::L1Hit);
+                        }
+                        return Found::Fresh(kept);
+                    }
+                    (Ok(Some(held.bytes.clone())), Some(held))
+                }
+                None => (shared.store.get(entry).await, None),
             };
             match stored {
                 Ok(Some(bytes)) => match shared.codec.decode::<O::Value>(entry, &bytes, probe) {
                     Some(found) if found.is_fresh() => {
-                        if copied {
-                            probe.record(Event::L1Hit);
+                        if let Some(held) = held {
+                            held.decoded.keep(share, &found);
+                            if held.copy {
+                                probe.record(Event::L1Hit);
+                            }
                         }
                         Found::Fresh(found)
                     }

@@ -43,6 +43,7 @@ mod redact;
 mod seal;
 #[cfg(feature = "sessions")]
 pub mod session;
+mod share;
 mod stats;
 mod status;
 mod tags;

@@ -5,6 +5,7 @@ pub use crate::error::Error;
 pub use crate::key::{short_type_name, Key, Piece};
 pub use crate::outcome::{Adaptive, Outcome, Plain};
 pub use crate::policy::Policy;
+pub use crate::share::{ByClone, ByDecode, Cloned, Decode, Probe as SharingProbe, Sharing};
 pub use crate::status::CacheStatus;
 pub use serde::de::DeserializeOwned;
 pub use serde::Serialize;
@@ -15,6 +16,25 @@ use std::borrow::Cow;
 /// The global cache.
 pub fn global() -> &'static Cache {
     Cache::global()
+}
+
+/// [`Cache::get_or_compute_with_status`], handing out in-process entries'
+/// decoded values as `share` says: the macro passes what
+/// `(&SharingProbe::<Value>::new()).sharing()` picks for the function's value type.
+pub async fn get_or_compute<O, F, Fut, S>(
+    cache: &Cache,
+    key: impl Into<Key>,
+    policy: &Policy,
+    share: S,
+    compute: F,
+) -> (O, CacheStatus)
+where
+    O: Outcome,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = O>,
+    S: Sharing<O::Value>,
+{
+    cache.get_or_compute_sharing(key, policy, share, compute).await
 }
 
 /// Passes a cached function's computation through, requiring its result to be an

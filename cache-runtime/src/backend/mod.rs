@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::error::Result;
+use crate::share::InProcess;
 
 pub(crate) mod memory;
 pub(crate) mod off;
@@ -283,12 +284,14 @@ impl Backend for Store {
 }
 
 impl Store {
-    /// The tiered store's in-process copy of `key`, if it holds a usable one:
-    /// a hit without a round trip.
-    pub(crate) fn copy(&self, key: &str) -> Option<Bytes> {
+    /// The entry at `key` if this process holds it: the memory store's own, or
+    /// the tiered store's usable copy. A hit without a round trip, and without a
+    /// decode once a hit kept the decoded value (see [`share`](crate::share)).
+    pub(crate) fn in_process(&self, key: &str) -> Option<InProcess> {
         match self {
             Store::Redis(redis) => redis.copy(key),
-            Store::Memory(_) | Store::Off(_) => None,
+            Store::Memory(memory) => memory.copy(key),
+            Store::Off(_) => None,
         }
     }
 

@@ -24,6 +24,7 @@ use crate::lock::waiters::Waiters;
 use crate::outcome::Outcome;
 use crate::policy::Policy;
 use crate::redact::Redacted;
+use crate::share::{Decode, Sharing};
 use crate::stats::{Event, Probe, Recorder, Stats};
 use crate::tags;
 
@@ -339,7 +340,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = O>,
     {
-        self.get_or_compute_with_status(key, policy, compute).await.0
+        self.get_or_compute_sharing(key, policy, Decode, compute).await.0
     }
 
     /// [`get_or_compute`](Cache::get_or_compute), and how the call was answered:
@@ -372,11 +373,32 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = O>,
     {
+        self.get_or_compute_sharing(key, policy, Decode, compute).await
+    }
+
+    /// [`get_or_compute_with_status`](Cache::get_or_compute_with_status), whose
+    /// hits on an in-process entry (the memory store's, the tiered store's copy)
+    /// hand out its decoded value as `share` says: what `#[cached]` calls, with
+    /// [`Cloned`](crate::share::Cloned) for values it can clone.
+    pub(crate) async fn get_or_compute_sharing<O, F, Fut, S>(
+        &self,
+        key: impl Into<Key>,
+        policy: &Policy,
+        share: S,
+        compute: F,
+    ) -> (O, crate::CacheStatus)
+    where
+        O: Outcome,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = O>,
+        S: Sharing<O::Value>,
+    {
         let probe = self.inner.stats.probe(policy.function_name());
         let span = call_span!("get_or_compute", policy);
         let outcome = match self.call_key(key.into(), policy, &probe, &span) {
             Ok(entry) => {
                 Call::new(&self.inner.shared, &entry, policy, &probe, compute)
+                    .sharing(share)
                     .lookup()
                     .instrument(span.clone())
                     .await

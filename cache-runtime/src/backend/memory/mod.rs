@@ -15,11 +15,24 @@ mod glob;
 use super::{Acquired, Backend, Record, Wake};
 use crate::config::MemoryCapacity;
 use crate::error::Result;
+use crate::share::{Decoded, InProcess};
 
 #[derive(Clone, Debug)]
 struct Slot {
     value: Bytes,
     expires_at: Instant,
+    /// The value `value` decodes to, once a hit kept it.
+    decoded: Decoded,
+}
+
+impl Slot {
+    fn new(value: Bytes, expires_at: Instant) -> Slot {
+        Slot {
+            value,
+            expires_at,
+            decoded: Decoded::default(),
+        }
+    }
 }
 
 impl super::Weighed for Slot {
@@ -120,7 +133,8 @@ impl TagShard {
 }
 
 /// Entries as encoded bytes, exactly as Redis would hold them, so both backends
-/// decode (and fail to decode) the same way.
+/// verify and decode (and fail to) the same way; each with the cell of its
+/// decoded value, which hits of `Clone` types clone out (see [`crate::share`]).
 pub(crate) struct MemoryStore {
     entries: Moka<String, Slot>,
     /// Lock order: a tag shard before `leases`; never two shards at once.
@@ -164,6 +178,16 @@ impl MemoryStore {
         // moka hides expired entries, but its clock granularity lets one through
         // for a moment; check the deadline ourselves.
         self.entries.get(key).filter(|slot| slot.expires_at > Instant::now())
+    }
+
+    /// The entry at `key` with its decoded value, for a hit that needs no
+    /// decode when the value is kept.
+    pub(crate) fn copy(&self, key: &str) -> Option<InProcess> {
+        self.live(key).map(|slot| InProcess {
+            bytes: slot.value,
+            decoded: slot.decoded,
+            copy: false,
+        })
     }
 
     /// The lease of `entry` if it is held and not expired.
@@ -227,13 +251,9 @@ impl MemoryStore {
             return false;
         };
         match crate::entry::expired(&slot.value) {
-            Some(stale) => self.entries.insert(
-                entry.to_owned(),
-                Slot {
-                    value: Bytes::from(stale),
-                    expires_at: slot.expires_at,
-                },
-            ),
+            Some(stale) => self
+                .entries
+                .insert(entry.to_owned(), Slot::new(Bytes::from(stale), slot.expires_at)),
             // Not an entry of a cached function: nothing to serve stale.
             None => self.entries.invalidate(entry),
         }
@@ -259,13 +279,8 @@ impl Backend for MemoryStore {
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
-        self.entries.insert(
-            key.to_owned(),
-            Slot {
-                value,
-                expires_at: Instant::now() + ttl,
-            },
-        );
+        self.entries
+            .insert(key.to_owned(), Slot::new(value, Instant::now() + ttl));
         Ok(())
     }
 
@@ -356,13 +371,8 @@ impl Backend for MemoryStore {
                 return Ok(false);
             }
             leases.remove(entry);
-            self.entries.insert(
-                entry.to_owned(),
-                Slot {
-                    value,
-                    expires_at: Instant::now() + ttl,
-                },
-            );
+            self.entries
+                .insert(entry.to_owned(), Slot::new(value, Instant::now() + ttl));
         }
         self.wake.wake(entry);
         Ok(true)

@@ -33,6 +33,7 @@ use moka::Expiry;
 
 use crate::config::MemoryCapacity;
 use crate::entry;
+use crate::share::{Decoded, InProcess};
 
 /// How often the subscriber's process publishes its heartbeat.
 pub(crate) const BEAT: Duration = Duration::from_millis(100);
@@ -43,11 +44,13 @@ pub(crate) const CONFIRMED_FOR: Duration = Duration::from_millis(500);
 /// Generation shards: an eviction of one key stops fills of the keys of its shard only.
 const SHARDS: usize = 64;
 
-/// One entry's bytes, as read from Redis, and when it stops being fresh.
+/// One entry's bytes, as read from Redis, when it stops being fresh, and the
+/// value the bytes decode to once a hit kept it.
 #[derive(Clone)]
 struct Copy {
     bytes: Bytes,
     fresh_until_ms: u64,
+    decoded: Decoded,
 }
 
 impl crate::backend::Weighed for Copy {
@@ -107,11 +110,20 @@ impl L1 {
 
     /// The copy of `key`, if the tier is usable and the copy fresh.
     pub(crate) fn get(&self, key: &str) -> Option<Bytes> {
+        self.copy(key).map(|copy| copy.bytes)
+    }
+
+    /// [`get`](L1::get), with the cell of the copy's decoded value.
+    pub(crate) fn copy(&self, key: &str) -> Option<InProcess> {
         if !self.check_usable() {
             return None;
         }
         let copy = self.copies.get(key)?;
-        (copy.fresh_until_ms > entry::unix_ms(SystemTime::now())).then_some(copy.bytes)
+        (copy.fresh_until_ms > entry::unix_ms(SystemTime::now())).then_some(InProcess {
+            bytes: copy.bytes,
+            decoded: copy.decoded,
+            copy: true,
+        })
     }
 
     /// The generation of `key`'s shard: read before a `GET` whose answer may fill the tier.
@@ -137,6 +149,7 @@ impl L1 {
             Copy {
                 bytes: bytes.clone(),
                 fresh_until_ms,
+                decoded: Decoded::default(),
             },
         );
         // An eviction between the check and the insert bumped the generation

@@ -35,6 +35,7 @@ use crate::breaker::{now_ms, BreakerState};
 use crate::config::{RedisTarget, Settings};
 use crate::error::{Error, Result};
 use crate::key::companion_key;
+use crate::share::InProcess;
 use connection::{certificates, client, open, resharding, Connection};
 use l1::L1;
 use nodes::{Breakers, Route};
@@ -121,8 +122,8 @@ impl RedisStore {
     }
 
     /// This process's copy of `key` in the first tier, if it holds a usable one.
-    pub(crate) fn copy(&self, key: &str) -> Option<Bytes> {
-        self.l1.as_ref()?.get(key)
+    pub(crate) fn copy(&self, key: &str) -> Option<InProcess> {
+        self.l1.as_ref()?.copy(key)
     }
 
     /// Drops this process's copy of `key` from the first tier, if any.

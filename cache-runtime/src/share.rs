@@ -1,0 +1,205 @@
+//! Decoded values kept in process memory: an in-process entry (the memory
+//! store's, or the tiered store's copy) keeps the value its bytes decode to
+//! beside them, so that the next hit clones that value out instead of decoding
+//! the bytes again.
+//!
+//! Which values can be handed out that way is a property of their type (they
+//! must be `Clone + Send + Sync + 'static`), which a generic function cannot
+//! ask of every type: a call says how it shares with a [`Sharing`] — [`Cloned`]
+//! where the type allows it, [`Decode`] (decode every hit) otherwise.
+//! `#[cached]` picks one for the function's value type at compile time.
+
+use std::any::Any;
+use std::marker::PhantomData;
+use std::sync::{Arc, OnceLock};
+
+use crate::entry::Entry;
+
+/// A value as the in-process stores keep it, whatever its type.
+pub type Kept = dyn Any + Send + Sync;
+
+/// How a call hands out a value an in-process entry keeps decoded, and makes
+/// the value it decoded kept. Implemented by [`Cloned`] and [`Decode`] only.
+pub trait Sharing<T>: Copy + Send + Sync + 'static {
+    /// A copy of `kept` if it is a `T`.
+    fn take(self, kept: &Kept) -> Option<T>;
+    /// A copy of `value` to keep, or `None` for a type that is not kept.
+    fn keep(self, value: &T) -> Option<Box<Kept>>;
+}
+
+/// Hits clone the kept value out: for `Clone + Send + Sync + 'static` types.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cloned;
+
+impl<T: Clone + Send + Sync + 'static> Sharing<T> for Cloned {
+    fn take(self, kept: &Kept) -> Option<T> {
+        kept.downcast_ref::<T>().cloned()
+    }
+
+    fn keep(self, value: &T) -> Option<Box<Kept>> {
+        Some(Box::new(value.clone()))
+    }
+}
+
+/// Every hit decodes the entry's bytes: for any type.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Decode;
+
+impl<T> Sharing<T> for Decode {
+    fn take(self, _: &Kept) -> Option<T> {
+        None
+    }
+
+    fn keep(self, _: &T) -> Option<Box<Kept>> {
+        None
+    }
+}
+
+/// Picks [`Cloned`] for a value type that allows it and [`Decode`] for any
+/// other, at compile time, for a type written out where the call is made (the
+/// code `#[cached]` generates): `(&Probe::<T>::new()).sharing()` resolves to
+/// [`ByClone::sharing`] when `T: Clone + Send + Sync + 'static`, and to
+/// [`ByDecode::sharing`] through one more reference otherwise.
+pub struct Probe<T>(PhantomData<fn() -> T>);
+
+impl<T> Probe<T> {
+    /// The probe of `T`.
+    pub const fn new() -> Self {
+        Probe(PhantomData)
+    }
+}
+
+impl<T> Default for Probe<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// [`Probe`]'s choice for types that can be cloned out.
+pub trait ByClone {
+    /// [`Cloned`].
+    fn sharing(&self) -> Cloned;
+}
+
+impl<T: Clone + Send + Sync + 'static> ByClone for Probe<T> {
+    fn sharing(&self) -> Cloned {
+        Cloned
+    }
+}
+
+/// [`Probe`]'s choice for every other type.
+pub trait ByDecode {
+    /// [`Decode`].
+    fn sharing(&self) -> Decode;
+}
+
+impl<T> ByDecode for &Probe<T> {
+    fn sharing(&self) -> Decode {
+        Decode
+    }
+}
+
+/// The decoded value of one in-process entry, set by the first hit that
+/// decodes its bytes (they never change: a new value is a new entry).
+#[derive(Clone, Default)]
+pub(crate) struct Decoded(Arc<OnceLock<(u64, Box<Kept>)>>);
+
+impl std::fmt::Debug for Decoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Decoded").field(&self.0.get().is_some()).finish()
+    }
+}
+
+impl Decoded {
+    /// The kept entry, if it is a `T` and `share` hands it out.
+    pub(crate) fn take<T>(&self, share: impl Sharing<T>) -> Option<Entry<T>> {
+        let (fresh_until_ms, kept) = self.0.get()?;
+        Some(Entry {
+            value: share.take(kept.as_ref())?,
+            fresh_until_ms: *fresh_until_ms,
+        })
+    }
+
+    /// Keeps `entry`, decoded from this entry's bytes, unless one is kept already.
+    pub(crate) fn keep<T>(&self, share: impl Sharing<T>, entry: &Entry<T>) {
+        if self.0.get().is_some() {
+            return;
+        }
+        if let Some(kept) = share.keep(&entry.value) {
+            // A concurrent hit kept the same value first: either is right.
+            let _ = self.0.set((entry.fresh_until_ms, kept));
+        }
+    }
+}
+
+/// An in-process entry as a store hands it to a hit: its bytes and the cell of
+/// their decoded value.
+#[derive(Debug, Clone)]
+pub(crate) struct InProcess {
+    pub(crate) bytes: bytes::Bytes,
+    pub(crate) decoded: Decoded,
+    /// A tiered store's copy of a Redis entry (counted as an L1 hit), not the
+    /// memory store's own entry.
+    pub(crate) copy: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq)]
+    struct Report(Vec<u32>);
+
+    struct NotClone;
+
+    #[test]
+    #[allow(clippy::needless_borrow)] // the borrow is what picks
+    fn the_probe_picks_cloned_for_clone_types_and_decode_for_the_others() {
+        let cloned: Cloned = (&Probe::<Report>::new()).sharing();
+        let decode: Decode = (&Probe::<NotClone>::new()).sharing();
+        let _ = (cloned, decode);
+    }
+
+    #[test]
+    fn a_kept_value_is_cloned_out_as_its_own_type_only() {
+        let decoded = Decoded::default();
+        assert!(decoded.take::<Report>(Cloned).is_none());
+        let entry = Entry {
+            value: Report(vec![1, 2]),
+            fresh_until_ms: 42,
+        };
+        decoded.keep(Cloned, &entry);
+        let taken = decoded.take::<Report>(Cloned).expect("kept");
+        assert_eq!((taken.value, taken.fresh_until_ms), (Report(vec![1, 2]), 42));
+        assert!(
+            decoded.take::<String>(Cloned).is_none(),
+            "another type decodes the bytes"
+        );
+        assert!(decoded.take::<Report>(Decode).is_none());
+        decoded.keep(
+            Cloned,
+            &Entry {
+                value: Report(vec![9]),
+                fresh_until_ms: 1,
+            },
+        );
+        assert_eq!(
+            decoded.take::<Report>(Cloned).map(|e| e.value),
+            Some(Report(vec![1, 2])),
+            "the first stays"
+        );
+    }
+
+    #[test]
+    fn decode_keeps_nothing() {
+        let decoded = Decoded::default();
+        decoded.keep(
+            Decode,
+            &Entry {
+                value: Report(vec![1]),
+                fresh_until_ms: 42,
+            },
+        );
+        assert!(decoded.take::<Report>(Cloned).is_none());
+    }
+}

@@ -248,10 +248,12 @@ return redis.call('SMEMBERS', KEYS[2])
 
 /// KEYS: a detached tag set, the tag's pending list. Deletes the set, whose
 /// members' entries and leases are all gone, and drops it from the list.
+/// `UNLINK`, not `DEL`: freeing a set of 100,000 members took Redis 36–64 ms
+/// on the benchmark's busy machine; `UNLINK` frees it on a background thread.
 pub(crate) static FINISH_DETACHED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-redis.call('DEL', KEYS[1])
+redis.call('UNLINK', KEYS[1])
 return redis.call('SREM', KEYS[2], KEYS[1])
 ",
     )

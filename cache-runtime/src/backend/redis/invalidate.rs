@@ -4,9 +4,8 @@
 //! what it removed; and how an invalidation that could not be delivered is
 //! sent again.
 
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{stream, FutureExt, Stream, StreamExt};
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
@@ -506,4 +505,39 @@ impl RedisStore {
 enum Found {
     Leased,
     Stored,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `LeaseOf` writes what `lease_key` builds: the batch revokes the very
+    /// leases computations take.
+    #[test]
+    fn a_batch_names_each_entry_then_its_lease_as_lease_key_does() {
+        let entries = vec!["aside:f:v1.1:x".to_owned(), "aside:g:v1.1:y".to_owned()];
+        let cmd = batch_command(&scripts::INVALIDATE_BATCH, &entries, "aside~stored");
+        let args: Vec<Vec<u8>> = cmd
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let expected: Vec<Vec<u8>> = [
+            "EVALSHA".to_owned(),
+            scripts::INVALIDATE_BATCH.get_hash().to_owned(),
+            "4".to_owned(),
+            entries[0].clone(),
+            entries[1].clone(),
+            lease_key(&entries[0]),
+            lease_key(&entries[1]),
+            "2".to_owned(),
+            "aside~stored".to_owned(),
+        ]
+        .into_iter()
+        .map(String::into_bytes)
+        .collect();
+        assert_eq!(args, expected);
+    }
 }

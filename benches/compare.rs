@@ -198,7 +198,7 @@ fn settings() -> Settings {
         tag_sizes: vec![1_000, 10_000, 100_000],
         pattern_size: 100_000,
         pattern_background: 100_000,
-        invalidation_rounds: 3,
+        invalidation_rounds: 5,
         footprint_entries: 10_000,
         only: std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect(),
     };

@@ -36,11 +36,14 @@ impl Runs {
     }
 }
 
+// `unless` and `ttl_from` take `fn(&T)`, and `T` is `Vec<u32>` here.
+#[allow(clippy::ptr_arg)]
 fn is_empty_page(page: &Vec<u32>) -> bool {
     page.is_empty()
 }
 
 /// One minute per result, so a busy search lives longer than a rare one.
+#[allow(clippy::ptr_arg)]
 fn minute_per_result(page: &Vec<u32>) -> Duration {
     Duration::from_secs(60 * page.len() as u64)
 }

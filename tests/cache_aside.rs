@@ -251,47 +251,9 @@ async fn an_argument_that_cannot_be_a_key_computes_every_time(fx: Fixture) {
     assert!(totals_key(&cache, map).starts_with("<no key: "));
 }
 
-/// What one client sends a server, read with `MONITOR` on a raw connection:
-/// each request a line, the commands scripts run inside (`[0 lua]`) left out.
-struct Monitor {
-    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    _reader: std::thread::JoinHandle<()>,
-}
-
-impl Monitor {
-    fn start(port: u16) -> Monitor {
-        use std::io::{BufRead, BufReader, Write};
-        let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect for MONITOR");
-        socket.write_all(b"MONITOR\r\n").expect("send MONITOR");
-        let mut reader = BufReader::new(socket);
-        let mut ok = String::new();
-        reader.read_line(&mut ok).expect("MONITOR answered");
-        assert_eq!(ok.trim_end(), "+OK");
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = std::sync::Arc::clone(&lines);
-        let _reader = std::thread::spawn(move || {
-            for line in reader.lines() {
-                let Ok(line) = line else { return };
-                if !line.contains(" lua]") {
-                    sink.lock().unwrap().push(line);
-                }
-            }
-        });
-        Monitor { lines, _reader }
-    }
-
-    /// The requests seen so far that name `fragment` (a key, or an argument).
-    fn requests_naming(&self, fragment: &str) -> Vec<String> {
-        let quoted = format!("\"{fragment}");
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|line| line.contains(&quoted) || line.contains(&format!(":{fragment}")))
-            .cloned()
-            .collect()
-    }
-}
+#[path = "support/monitor.rs"]
+mod monitor;
+use monitor::Monitor;
 
 /// Guarantee 1's cost, counted on the server: a miss of an entry with two tags
 /// sends three requests (the read, one script that takes the lease and records

@@ -22,6 +22,10 @@ const CLUSTER_NODE_TIMEOUT: Duration = Duration::from_secs(2);
 mod square;
 use square::Square;
 
+#[path = "support/monitor.rs"]
+mod monitor;
+use monitor::Monitor;
+
 /// Whether `node` holds `key`, asked of the node itself.
 fn node_has(cluster: &RedisCluster, node: usize, key: &str) -> bool {
     redis::cmd("EXISTS")
@@ -345,4 +349,54 @@ async fn a_lease_shares_its_entrys_hash_slot() {
     }
     let left: usize = (0..3).map(|node| scan_node(&cluster, node, "*:lease").len()).sum();
     assert_eq!(left, 0, "leases are released after the store");
+}
+
+/// Guarantee 1's cost on a cluster, counted on the masters: a miss of an entry
+/// with two tags, whose sets live in other slots, sends the read, the lease
+/// script, one record per tag (in parallel, after the lease) and the store —
+/// no check of the lease in between — and a hit one read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tagged_miss_sends_the_records_and_no_lease_check() {
+    let cluster = RedisCluster::start();
+    let cache = Cache::builder()
+        .redis_url(&cluster.url())
+        .build()
+        .await
+        .expect("cache on the cluster");
+    let policy = Policy::new(Duration::from_secs(60)).tags(["orders", "region:eu"]);
+    // Warm up: the scripts are loaded on every master, the connections open.
+    let warm: Option<u64> = cache.get_or_compute("warm-up", &policy, || async { Some(1u64) }).await;
+    assert_eq!(warm, Some(1));
+    let monitors: Vec<Monitor> = cluster.nodes().iter().map(|node| Monitor::start(node.port())).collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let runs = std::sync::atomic::AtomicUsize::new(0);
+    for _ in 0..2 {
+        let got: Option<u64> = cache
+            .get_or_compute("counted-miss", &policy, || async {
+                runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Some(2u64)
+            })
+            .await;
+        assert_eq!(got, Some(2));
+    }
+    assert_eq!(
+        runs.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one computation, then a hit"
+    );
+    let seen = || -> Vec<String> {
+        monitors
+            .iter()
+            .flat_map(|monitor| monitor.requests_naming("counted-miss"))
+            .collect()
+    };
+    aside_testkit::until("the monitors to see the miss and the hit", || seen().len() >= 6).await;
+    // Anything more would arrive right after.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        seen().len(),
+        6,
+        "a tagged miss is a read, the lease, two records and the store, and a hit one read; seen: {:#?}",
+        seen()
+    );
 }

@@ -10,6 +10,9 @@
 //! Redis only. (Keys of generic functions: `tests/generic_keys.rs`; forged values:
 //! `tests/forged_keys.rs`, `tests/properties.rs`; versions: `tests/versions.rs`.)
 
+// `seven` takes seven key arguments on purpose (and its companions with it).
+#![allow(clippy::too_many_arguments)]
+
 use aside::{cached, Cache, Key, Plain, Policy};
 use support::{Fixture, Runs};
 

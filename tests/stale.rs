@@ -237,7 +237,7 @@ async fn the_entry_lives_ttl_plus_stale(fx: Fixture) {
         // Read back from the servers: the entry alone (the lease is gone), with that
         // expiry.
         let full = cache.full_key(KEY).unwrap();
-        assert_eq!(fx.all_keys(), [full.clone()]);
+        assert_eq!(fx.all_keys(), std::slice::from_ref(&full));
         let ms = fx.pttl(&full).expect("entry on its node");
         assert!(ms > 65_000 && ms <= 70_000, "PTTL {ms}");
     }

@@ -160,7 +160,10 @@ fn ratios(area: &Area<'_>, lines: &[Line]) -> Fallible {
         Text::new(
             format!("{g}×"),
             (g, SegmentValue::Exact(n)),
-            TextStyle::from((FONT, 11).into_font().color(&BLACK.mix(0.55))).pos(Pos::new(HPos::Center, VPos::Bottom)),
+            (FONT, 11)
+                .into_font()
+                .color(&BLACK.mix(0.55))
+                .pos(Pos::new(HPos::Center, VPos::Bottom)),
         )
     }))?;
     Ok(())
@@ -278,7 +281,9 @@ fn bars(
         return Ok(());
     }
     // One cluster per case: aside's value once, then each baseline's.
-    let mut clusters: Vec<(String, Vec<(String, f64, RGBColor)>)> = Vec::new();
+    /// A case, and each contender's bar in it (name, value, colour).
+    type Cluster = (String, Vec<(String, f64, RGBColor)>);
+    let mut clusters: Vec<Cluster> = Vec::new();
     for l in &lines {
         let name = label(&l.case);
         let index = match clusters.iter().position(|(n, _)| *n == name) {

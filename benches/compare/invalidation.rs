@@ -76,6 +76,125 @@ fn timed<T>(started: Instant, value: T) -> (Duration, T) {
     (started.elapsed(), value)
 }
 
+/// What Redis spent on one of aside's invalidations, by command (`INFO
+/// commandstats`: calls, µs) and the slowest single command (`SLOWLOG`), read
+/// around the invalidation alone.
+#[derive(Default)]
+pub struct ServerCost {
+    by_command: std::collections::BTreeMap<String, (u64, u64)>,
+    slowest_us: u64,
+    slowest: String,
+}
+
+impl ServerCost {
+    /// Clears Redis's statistics and slow log before a timed invalidation.
+    pub async fn reset(conn: &mut ConnectionManager) {
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(conn)
+            .await
+            .expect("RESETSTAT");
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("slowlog-log-slower-than")
+            .arg(200)
+            .arg("slowlog-max-len")
+            .arg(4096)
+            .query_async(conn)
+            .await
+            .expect("slowlog settings");
+        let _: () = redis::cmd("SLOWLOG")
+            .arg("RESET")
+            .query_async(conn)
+            .await
+            .expect("SLOWLOG RESET");
+    }
+
+    /// Adds what Redis recorded since [`ServerCost::reset`].
+    pub async fn add(&mut self, conn: &mut ConnectionManager) {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(conn)
+            .await
+            .expect("INFO commandstats");
+        for line in info.lines() {
+            let Some((name, fields)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else {
+                continue;
+            };
+            if matches!(name, "config|resetstat" | "config|set" | "slowlog|reset" | "info") {
+                continue;
+            }
+            let field = |key: &str| -> u64 {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            let sum = self.by_command.entry(name.to_owned()).or_default();
+            sum.0 += field("calls");
+            sum.1 += field("usec");
+        }
+        let log: Vec<(u64, u64, u64, Vec<redis::Value>)> = redis::cmd("SLOWLOG")
+            .arg("GET")
+            .arg(-1)
+            .query_async::<Vec<redis::Value>>(conn)
+            .await
+            .expect("SLOWLOG GET")
+            .into_iter()
+            .filter_map(|entry| {
+                let redis::Value::Array(parts) = entry else { return None };
+                let number = |i: usize| match parts.get(i) {
+                    Some(redis::Value::Int(n)) => u64::try_from(*n).ok(),
+                    _ => None,
+                };
+                let args = match parts.get(3) {
+                    Some(redis::Value::Array(args)) => args.clone(),
+                    _ => Vec::new(),
+                };
+                Some((number(0)?, number(1)?, number(2)?, args))
+            })
+            .collect();
+        for (_, _, us, args) in log {
+            if us > self.slowest_us {
+                let text = |v: &redis::Value| match v {
+                    redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                    _ => String::new(),
+                };
+                let name = args.first().map(text).unwrap_or_default();
+                // EVALSHA <sha> <numkeys>: the script's key count says which one.
+                let detail = if name.eq_ignore_ascii_case("evalsha") {
+                    format!("EVALSHA with {} keys", args.get(2).map(text).unwrap_or_default())
+                } else {
+                    name
+                };
+                self.slowest_us = us;
+                self.slowest = detail;
+            }
+        }
+    }
+
+    /// One line: per command, calls and mean µs; and the slowest single one.
+    pub fn line(&self) -> String {
+        let parts: Vec<String> = self
+            .by_command
+            .iter()
+            .filter(|(_, (calls, _))| *calls > 0)
+            .map(|(name, (calls, us))| format!("{name} {calls} calls {:.0} us each", *us as f64 / *calls as f64))
+            .collect();
+        format!(
+            "{}; slowest single command {} us ({})",
+            parts.join(", "),
+            self.slowest_us,
+            if self.slowest.is_empty() {
+                "none over 200 us"
+            } else {
+                &self.slowest
+            }
+        )
+    }
+}
+
 pub async fn tags(s: &Settings, results: &mut Results) {
     let mut conn = raw_connection().await;
     let _: () = redis::cmd("FLUSHALL")
@@ -91,6 +210,7 @@ pub async fn tags(s: &Settings, results: &mut Results) {
     let mut group = 0u64;
     for &n in &s.tag_sizes {
         let (mut xs, mut ys) = (Vec::new(), Vec::new());
+        let mut cost = ServerCost::default();
         for _ in 0..s.invalidation_rounds {
             group += 1;
             let g = group;
@@ -102,6 +222,7 @@ pub async fn tags(s: &Settings, results: &mut Results) {
             let keys: Vec<String> = (0..n).map(|id| format!("raw:tagged:{g}:{id}")).collect();
             raw_populate(&mut conn, &keys, &json, Some(&set)).await;
 
+            ServerCost::reset(&mut conn).await;
             let (t, removed) = timed(
                 Instant::now(),
                 REDIS
@@ -109,6 +230,7 @@ pub async fn tags(s: &Settings, results: &mut Results) {
                     .await
                     .expect("invalidate_tag"),
             );
+            cost.add(&mut conn).await;
             assert_eq!(removed, n as u64, "aside removed every tagged entry");
             xs.push(t.as_secs_f64());
 
@@ -142,6 +264,12 @@ pub async fn tags(s: &Settings, results: &mut Results) {
             x * 1e3,
             y * 1e3
         );
+        println!(
+            "# invalidate_tag ({} entries), Redis's work over {} invalidations: {}",
+            size_label(n),
+            s.invalidation_rounds,
+            cost.line()
+        );
         results.line(
             Group::Invalidation,
             format!("invalidate_tag ({} entries) vs raw redis-rs", size_label(n)),
@@ -170,16 +298,18 @@ pub async fn pattern(s: &Settings, results: &mut Results) {
     let raw_keys: Vec<String> = (0..n).map(|id| format!("raw:patterned:{id}")).collect();
     println!(
         "# invalidate_pattern: {} matching entries among {} unrelated keys; aside: SCAN of leases then of entries, \
-         a script per <= 499 leased entries (entry + lease), DEL per <= 998 stored ones; raw: SCAN MATCH COUNT 1000 + DEL per batch; cached: async_cache_clear (SCAN COUNT 100 + DEL)",
+         on each master side by side; a script per <= 500 leased entries (entry + lease), a DEL script per <= 1000 stored ones, removed while the scan goes on; raw: SCAN MATCH COUNT 1000 + DEL per batch; cached: async_cache_clear (SCAN COUNT 100 + DEL)",
         size_label(n),
         size_label(s.pattern_background)
     );
     let (mut xs, mut ys, mut zs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cost = ServerCost::default();
     for _ in 0..s.invalidation_rounds {
         fan_out(n, |id| async move {
             std::hint::black_box(aside_patterned(id).await);
         })
         .await;
+        ServerCost::reset(&mut conn).await;
         let (t, removed) = timed(
             Instant::now(),
             REDIS
@@ -187,6 +317,7 @@ pub async fn pattern(s: &Settings, results: &mut Results) {
                 .await
                 .expect("invalidate_pattern"),
         );
+        cost.add(&mut conn).await;
         assert_eq!(removed, n as u64, "aside removed every matching entry");
         xs.push(t.as_secs_f64());
 
@@ -228,7 +359,9 @@ pub async fn pattern(s: &Settings, results: &mut Results) {
             }
         })
         .await;
-        let (t, ()) = timed(Instant::now(), cached.async_cache_clear().await.expect("cached clear"));
+        let started = Instant::now();
+        cached.async_cache_clear().await.expect("cached clear");
+        let t = started.elapsed();
         let left: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.expect("DBSIZE");
         assert_eq!(
             left, s.pattern_background as u64,
@@ -243,6 +376,11 @@ pub async fn pattern(s: &Settings, results: &mut Results) {
         x * 1e3,
         y * 1e3,
         z * 1e3
+    );
+    println!(
+        "# invalidate_pattern, Redis's work over {} invalidations: {}",
+        s.invalidation_rounds,
+        cost.line()
     );
     let case = format!(
         "invalidate_pattern ({} of {} keys)",

@@ -129,11 +129,13 @@ pub(crate) trait Backend: Send + Sync {
     /// does; reads the entry too (not when stealing), so a value another process
     /// stored since the caller's miss is seen without another round trip.
     ///
-    /// `Taken` means the lease is still this token's once the records are made:
-    /// an invalidation that revoked it in between makes the answer `Busy`, so no
-    /// computation starts on a lease that is already gone. One round trip on a
-    /// single node (one script); on a cluster, whose tag sets live in other
-    /// slots, the lease, then the records in parallel, then a check of the lease.
+    /// `Taken` means the lease was this token's when the records were made.
+    /// One round trip on a single node (one script, so the lease is still the
+    /// token's when the answer comes); on a cluster, whose tag sets live in
+    /// other slots, the lease, then the records in parallel. There an
+    /// invalidation may revoke the lease between the two answers: the
+    /// computation then runs and its store is refused, as when the lease is
+    /// revoked while computing.
     fn acquire_lease(
         &self,
         entry: &str,

@@ -10,16 +10,18 @@
 //! 2. The leader takes the [lease] (`{E}:lease`, set only if free,
 //!    expiring after `lock_ttl`) and records `E` in each of its tag sets, then
 //!    computes. On a single node both are one script; on a cluster, where tag
-//!    sets live in other slots, the records follow the lease and the lease is
-//!    checked once more. A tag invalidation detaches the whole tag set in one
+//!    sets live in other slots, the records follow the lease (in parallel, one
+//!    round trip). A tag invalidation detaches the whole tag set in one
 //!    step and removes every member's entry together with its lease. One that
 //!    detaches before the record cannot see the lease, but the computation has
-//!    not started yet; one that detaches after it revokes the lease. An
-//!    invalidation that revokes the lease before the leader has its answer
-//!    makes the answer "busy": no computation starts on a revoked lease, and
-//!    the leader takes the lease again. (Recording *before* taking the lease
-//!    would be wrong: an invalidation could carry the record away before the
-//!    computation starts, and later invalidations would no longer find it.)
+//!    not started yet; one that detaches after it revokes the lease. On a
+//!    single node an invalidation that revokes the lease before the leader has
+//!    its answer makes the answer "busy"; on a cluster one that revokes it
+//!    between the lease's answer and the records' lets the computation run,
+//!    and its store is refused. (Recording *before* taking the lease — or
+//!    beside it, in parallel — would be wrong: an invalidation could carry the
+//!    record away and remove the entry before the lease is taken; the
+//!    computation would then store an entry that no tag set names.)
 //! 3. With the lease it computes, renewing the lease (and its tag records)
 //!    every third of `lock_ttl`, then stores with one atomic step that writes
 //!    only if its token still holds the lease, frees the lease and announces

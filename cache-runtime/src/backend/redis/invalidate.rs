@@ -4,13 +4,15 @@
 //! what it removed; and how an invalidation that could not be delivered is
 //! sent again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{stream, FutureExt, StreamExt};
+use futures_util::{stream, FutureExt, Stream, StreamExt};
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
+use redis::{Cmd, FromRedisValue, RedisResult, RedisWrite, Script, ToRedisArgs};
 
 use super::connection::{resending, Connection};
-use super::nodes::Route;
+use super::nodes::{Master, Route};
 use super::{lease_key, scripts, RedisStore};
 use crate::error::{Error, Result};
 use crate::key::companion_key;
@@ -18,9 +20,9 @@ use crate::key::companion_key;
 /// Invalidation scripts in flight at once.
 const INVALIDATION_CONCURRENCY: usize = 64;
 
-/// Entries per invalidation script: with their leases and the detached set,
-/// at most 1,000 keys, so that no script holds Redis up for long.
-const ENTRIES_PER_SCRIPT: usize = 499;
+/// Entries per invalidation script: with their leases, at most 1,000 keys, so
+/// that no script holds Redis up for long.
+const ENTRIES_PER_SCRIPT: usize = 500;
 
 /// How often one invalidation batch is sent when it times out.
 const BATCH_ATTEMPTS: u32 = 3;
@@ -37,10 +39,7 @@ const DELIVERY_FIRST_PAUSE: Duration = Duration::from_millis(5);
 const DELIVERY_MAX_PAUSE: Duration = Duration::from_millis(80);
 
 /// Members read from a detached tag set at once, removed by concurrent scripts.
-const TAG_BATCH: usize = 8 * ENTRIES_PER_SCRIPT;
-
-/// Matches of a pattern gathered over `SCAN` steps before they are removed.
-const PATTERN_BATCH: usize = 4 * ENTRIES_PER_SCRIPT;
+const TAG_PAGE: usize = 8 * ENTRIES_PER_SCRIPT;
 
 /// Keys asked of each `SCAN` step.
 const SCAN_COUNT: usize = 1000;
@@ -68,9 +67,64 @@ fn chunked(groups: Vec<Vec<String>>, size: usize) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// A batch handler for [`RedisStore::scan_each`].
-trait AsyncBatch {
-    fn batch(&mut self, keys: Vec<String>) -> impl std::future::Future<Output = Result<u64>> + Send;
+/// `entries` in groups whose keys (and leases) share a hash slot on a
+/// cluster; one group on a single node.
+fn grouped(entries: Vec<String>, cluster: bool) -> Vec<Vec<String>> {
+    if !cluster {
+        return vec![entries];
+    }
+    let mut slots: std::collections::HashMap<Slot, Vec<String>> = std::collections::HashMap::new();
+    for entry in entries {
+        slots.entry(Slot::for_key(&entry)).or_default().push(entry);
+    }
+    slots.into_values().collect()
+}
+
+/// The lease key of an entry, written straight into a command's buffer
+/// (the same bytes as [`lease_key`]).
+struct LeaseOf<'a>(&'a str);
+
+impl ToRedisArgs for LeaseOf<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        use std::io::Write;
+        let mut arg = out.writer_for_next_arg();
+        // Writing to the command's own buffer cannot fail.
+        let _ = arg
+            .write_all(b"{")
+            .and_then(|()| arg.write_all(self.0.as_bytes()))
+            .and_then(|()| arg.write_all(b"}:lease"));
+    }
+}
+
+/// `EVALSHA` of a batch script whose KEYS are `entries` and then their leases,
+/// and whose ARGV are their count and `channel`: built in one buffer, without
+/// a copy of each key per step as `Script::invoke_async` makes.
+fn batch_command(script: &Script, entries: &[String], channel: &str) -> Cmd {
+    let mut cmd = Cmd::with_capacity(
+        5 + 2 * entries.len(),
+        64 + entries.iter().map(|entry| 2 * entry.len() + 32).sum::<usize>(),
+    );
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(2 * entries.len());
+    for entry in entries {
+        cmd.arg(entry);
+    }
+    for entry in entries {
+        cmd.arg(LeaseOf(entry));
+    }
+    cmd.arg(entries.len()).arg(channel);
+    cmd
+}
+
+/// Runs `cmd`, an `EVALSHA` of `script`, loading the script first if the
+/// server does not have it (as `Script::invoke_async` does).
+async fn evalsha<T: FromRedisValue>(script: &Script, cmd: &Cmd, conn: &mut Connection) -> RedisResult<T> {
+    match cmd.query_async(conn).await {
+        Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            cmd.query_async(conn).await
+        }
+        answer => answer,
+    }
 }
 
 impl RedisStore {
@@ -116,9 +170,10 @@ impl RedisStore {
         }
     }
 
-    /// Every key matching `pattern` on every master, one `SCAN` batch at a time.
-    async fn scan_each(&self, pattern: &str, mut each: impl AsyncBatch) -> Result<u64> {
-        let nodes = match self.connection().await? {
+    /// The nodes a `SCAN` must walk: every master of a cluster (`Some`), or
+    /// the one server (`None`).
+    async fn scan_nodes(&self) -> Result<Vec<Option<Arc<Master>>>> {
+        Ok(match self.connection().await? {
             Connection::Single(_) | Connection::Sentinel(..) => vec![None],
             Connection::Cluster(conn, _) => self
                 .background
@@ -127,106 +182,85 @@ impl RedisStore {
                 .into_iter()
                 .map(Some)
                 .collect(),
-        };
-        let mut total = 0;
-        for node in nodes {
-            let mut cursor: u64 = 0;
-            loop {
-                let mut scan = redis::cmd("SCAN");
-                scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(SCAN_COUNT);
-                let (next, keys): (u64, Vec<String>) = match &node {
-                    None => self.run("SCAN", Route::Any, &scan).await?,
-                    Some(master) => {
-                        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                            host: master.host().to_owned(),
-                            port: master.port(),
-                        });
-                        let value = self
-                            .call("SCAN", Route::Node(master.host(), master.port()), |conn| async move {
-                                match conn {
-                                    Connection::Cluster(conn, patience) => {
-                                        resending(patience, &conn, |mut conn| {
-                                            let (scan, routing) = (scan.clone(), routing.clone());
-                                            async move { conn.route_command(scan, routing).await }.boxed()
-                                        })
-                                        .await
-                                    }
-                                    Connection::Single(mut conn) => scan.query_async(&mut conn).await,
-                                    Connection::Sentinel(mut conn, _) => scan.query_async(&mut conn).await,
-                                }
-                            })
-                            .await?;
-                        redis::from_redis_value(value).map_err(|e| Error::Redis {
-                            op: "SCAN",
-                            source: e.into(),
-                        })?
-                    }
-                };
-                total += each.batch(keys).await?;
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
-            }
-        }
-        Ok(total)
+        })
     }
 
-    /// Invalidates many entries (and their leases) in scripts over many keys at
-    /// once, grouped by hash slot on a cluster; returns how many existed.
-    pub(super) async fn invalidate_entries(&self, entries: Vec<String>) -> Result<u64> {
-        let groups = self.by_slot(entries).await?;
-        self.remove_batches(groups, None).await
+    /// One `SCAN` step on `node` (a cluster's master; `None`: the one server):
+    /// the next cursor and the keys matching `pattern`.
+    async fn scan_step(&self, node: Option<&Master>, pattern: &str, cursor: u64) -> Result<(u64, Vec<String>)> {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(SCAN_COUNT);
+        let Some(master) = node else {
+            return self.run("SCAN", Route::Any, &scan).await;
+        };
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+            host: master.host().to_owned(),
+            port: master.port(),
+        });
+        let value = self
+            .call("SCAN", Route::Node(master.host(), master.port()), |conn| async move {
+                match conn {
+                    Connection::Cluster(conn, patience) => {
+                        resending(patience, &conn, |mut conn| {
+                            let (scan, routing) = (scan.clone(), routing.clone());
+                            async move { conn.route_command(scan, routing).await }.boxed()
+                        })
+                        .await
+                    }
+                    Connection::Single(mut conn) => scan.query_async(&mut conn).await,
+                    Connection::Sentinel(mut conn, _) => scan.query_async(&mut conn).await,
+                }
+            })
+            .await?;
+        redis::from_redis_value(value).map_err(|e| Error::Redis {
+            op: "SCAN",
+            source: e.into(),
+        })
+    }
+
+    /// Every key matching `pattern` on `node`, one `SCAN` step an item; the
+    /// next step is asked for as soon as the item is taken. Ends after the
+    /// last step or a failed one.
+    fn scan_steps<'a>(
+        &'a self,
+        node: Option<&'a Master>,
+        pattern: &'a str,
+    ) -> impl Stream<Item = Result<Vec<String>>> + Send + 'a {
+        stream::unfold(Some(0), move |cursor| async move {
+            match self.scan_step(node, pattern, cursor?).await {
+                Ok((next, keys)) => Some((Ok(keys), (next != 0).then_some(next))),
+                Err(error) => Some((Err(error), None)),
+            }
+        })
     }
 
     /// `entries` in groups whose keys (and leases) share a hash slot: one group
     /// on a single node.
     pub(super) async fn by_slot(&self, entries: Vec<String>) -> Result<Vec<Vec<String>>> {
-        if !matches!(self.connection().await?, Connection::Cluster(..)) {
-            return Ok(vec![entries]);
-        }
-        let mut slots: std::collections::HashMap<Slot, Vec<String>> = std::collections::HashMap::new();
-        for entry in entries {
-            slots.entry(Slot::for_key(&entry)).or_default().push(entry);
-        }
-        Ok(slots.into_values().collect())
+        let cluster = matches!(self.connection().await?, Connection::Cluster(..));
+        Ok(grouped(entries, cluster))
     }
 
-    /// Removes each group's entries and leases with [`scripts::INVALIDATE_BATCH`]
-    /// (at most [`ENTRIES_PER_SCRIPT`] a script, several in flight), dropping them
-    /// from the detached set too when given with the tag's pending list (single
-    /// node: they share a slot); returns how many entries existed.
-    pub(super) async fn remove_batches(&self, groups: Vec<Vec<String>>, detached: Option<(&str, &str)>) -> Result<u64> {
-        stream::iter(chunked(groups, ENTRIES_PER_SCRIPT))
-            .map(|entries| async move {
-                let leases: Vec<String> = entries.iter().map(|entry| lease_key(entry)).collect();
-                let (entries, leases, channel) = (&entries, &leases, &self.channel);
-                // Idempotent (deletes, and a removal from the detached set): one
-                // that timed out — its request lost while the cluster client
-                // follows a slot being moved — is sent again.
-                let mut attempt = 1;
-                let route = Route::Key(entries.first().map_or("", String::as_str));
-                loop {
-                    let sent = self
-                        .call("invalidate batch", route, |mut conn| async move {
-                            let mut invocation = scripts::INVALIDATE_BATCH.prepare_invoke();
-                            invocation.key(entries).key(leases);
-                            if let Some((detached, pending)) = detached {
-                                invocation.key(detached).key(pending);
-                            }
-                            invocation.arg(entries.len()).arg(channel);
-                            invocation.invoke_async::<u64>(&mut conn).await
-                        })
-                        .await;
-                    match sent {
-                        Err(Error::Timeout { .. }) if attempt < BATCH_ATTEMPTS => attempt += 1,
-                        sent => break sent,
-                    }
-                }
-            })
-            .buffer_unordered(INVALIDATION_CONCURRENCY)
-            .fold(Ok(0), sum_removed)
-            .await
+    /// Removes `entries` (sharing a hash slot) and their leases with one
+    /// [`scripts::INVALIDATE_BATCH`]; returns how many entries existed.
+    async fn remove_batch(&self, entries: Vec<String>) -> Result<u64> {
+        let invalidation = batch_command(&scripts::INVALIDATE_BATCH, &entries, &self.channel);
+        let invalidation = &invalidation;
+        // Idempotent (deletes only): one that timed out — its request lost
+        // while the cluster client follows a slot being moved — is sent again.
+        let mut attempt = 1;
+        let route = Route::Key(entries.first().map_or("", String::as_str));
+        loop {
+            let sent = self
+                .call("invalidate batch", route, |mut conn| async move {
+                    evalsha(&scripts::INVALIDATE_BATCH, invalidation, &mut conn).await
+                })
+                .await;
+            match sent {
+                Err(Error::Timeout { .. }) if attempt < BATCH_ATTEMPTS => attempt += 1,
+                sent => break sent,
+            }
+        }
     }
 
     /// Makes entries stale at once and revokes their leases with
@@ -258,64 +292,77 @@ impl RedisStore {
             .await
     }
 
-    /// Deletes entries (not their leases) with plain `DEL`s of at most 1,000
-    /// keys sharing a hash slot, several in flight; returns how many existed.
-    pub(super) async fn delete_entries(&self, entries: Vec<String>) -> Result<u64> {
-        let groups = self.by_slot(entries).await?;
-        stream::iter(chunked(groups, 2 * ENTRIES_PER_SCRIPT))
-            .map(|keys| async move {
-                let (keys, channel) = (&keys, &self.channel);
-                let route = Route::Key(keys.first().map_or("", String::as_str));
-                self.call("delete batch", route, |mut conn| async move {
-                    let mut invocation = scripts::DELETE_BATCH.prepare_invoke();
-                    invocation.key(keys).arg(channel);
-                    invocation.invoke_async::<u64>(&mut conn).await
-                })
-                .await
-            })
-            .buffer_unordered(INVALIDATION_CONCURRENCY)
-            .fold(Ok(0), sum_removed)
-            .await
+    /// Deletes entries sharing a hash slot (not their leases) with one
+    /// [`scripts::DELETE_BATCH`], which announces them; returns how many existed.
+    async fn delete_batch(&self, keys: Vec<String>) -> Result<u64> {
+        let mut deletion = Cmd::with_capacity(
+            4 + keys.len(),
+            64 + keys.iter().map(|key| key.len() + 16).sum::<usize>(),
+        );
+        deletion
+            .arg("EVALSHA")
+            .arg(scripts::DELETE_BATCH.get_hash())
+            .arg(keys.len());
+        for key in &keys {
+            deletion.arg(key);
+        }
+        deletion.arg(&self.channel);
+        let deletion = &deletion;
+        let route = Route::Key(keys.first().map_or("", String::as_str));
+        self.call("delete batch", route, |mut conn| async move {
+            evalsha(&scripts::DELETE_BATCH, deletion, &mut conn).await
+        })
+        .await
     }
 
     /// Empties one detached tag set — this invalidation's, or one another left
-    /// (cut short, or still running) — and drops it from the tag's pending list;
-    /// returns how many entries existed. Members leave the set only once their
-    /// entries and leases are gone, so whoever reads it finds every member not
-    /// yet removed, and a set is never written again once detached.
+    /// (cut short, or still running) — then deletes it and drops it from the
+    /// tag's pending list; returns how many entries existed.
+    ///
+    /// Nothing is added to or removed from a detached set until it is deleted
+    /// whole, once every member's entry and lease are gone: whoever reads it
+    /// meanwhile finds every member, ranks stay put, and the set is read a page
+    /// at a time by rank, the next page while the scripts of the previous run.
+    /// An invalidation cut short leaves the set listed, and the next one
+    /// removes all of it again (deleting twice is harmless).
     pub(super) async fn empty_detached(&self, detached: &str, pending: &str) -> Result<u64> {
-        let single = !matches!(self.connection().await?, Connection::Cluster(..));
-        let mut removed = 0;
-        loop {
-            let mut read = redis::cmd("ZRANGE");
-            read.arg(detached).arg(0).arg(TAG_BATCH - 1);
-            let members: Vec<String> = self.run("ZRANGE", Route::Key(detached), &read).await?;
-            if members.is_empty() {
-                self.finish_detached(detached, pending).await?;
-                break;
-            }
-            // Nothing is added to a detached set: a short read took all that is left.
-            let last = members.len() < TAG_BATCH;
-            if single {
-                // The scripts also drop the set from the pending list once it is empty.
-                removed += self.remove_batches(vec![members], Some((detached, pending))).await?;
-            } else {
-                let mut forget = redis::cmd("ZREM");
-                forget.arg(detached).arg(&members);
-                removed += self.invalidate_entries(members).await?;
-                let _: u64 = self.run("ZREM", Route::Key(detached), &forget).await?;
-                if last {
-                    self.finish_detached(detached, pending).await?;
-                }
-            }
-            if last {
-                break;
-            }
-        }
+        let cluster = matches!(self.connection().await?, Connection::Cluster(..));
+        let pages = self.pages(detached);
+        let batches = pages.flat_map(move |page| {
+            let batches: Vec<Result<Vec<String>>> = match page {
+                Ok(members) => chunked(grouped(members, cluster), ENTRIES_PER_SCRIPT)
+                    .into_iter()
+                    .map(Ok)
+                    .collect(),
+                Err(error) => vec![Err(error)],
+            };
+            stream::iter(batches)
+        });
+        let removed = batches
+            .map(|batch| async move { self.remove_batch(batch?).await })
+            .buffer_unordered(INVALIDATION_CONCURRENCY)
+            .fold(Ok(0), sum_removed)
+            .await?;
+        self.finish_detached(detached, pending).await?;
         Ok(removed)
     }
 
-    /// Drops an emptied detached set from the tag's pending list.
+    /// The members of a detached set, [`TAG_PAGE`] an item by rank; the next
+    /// page is asked for as soon as the item is taken. A short page is the
+    /// last (a set another invalidation deleted meanwhile was emptied by it
+    /// before); so is a failed read.
+    fn pages<'a>(&'a self, detached: &'a str) -> impl Stream<Item = Result<Vec<String>>> + Send + 'a {
+        stream::unfold(Some(0), move |from| async move {
+            let from = from?;
+            let mut read = redis::cmd("ZRANGE");
+            read.arg(detached).arg(from).arg(from + TAG_PAGE - 1);
+            let page: Result<Vec<String>> = self.run("ZRANGE", Route::Key(detached), &read).await;
+            let next = matches!(&page, Ok(members) if members.len() == TAG_PAGE).then_some(from + TAG_PAGE);
+            Some((page, next))
+        })
+    }
+
+    /// Deletes an emptied detached set and drops it from the tag's pending list.
     pub(super) async fn finish_detached(&self, detached: &str, pending: &str) -> Result<()> {
         let _: i64 = self
             .call("finish detached tag", Route::Key(detached), |mut conn| async move {
@@ -337,16 +384,16 @@ impl RedisStore {
         let mut from = 0;
         loop {
             let mut read = redis::cmd("ZRANGE");
-            read.arg(tag_key).arg(from).arg(from + TAG_BATCH - 1);
+            read.arg(tag_key).arg(from).arg(from + TAG_PAGE - 1);
             let members: Vec<String> = self.run("ZRANGE", Route::Key(tag_key), &read).await?;
-            let last = members.len() < TAG_BATCH;
+            let last = members.len() < TAG_PAGE;
             if !members.is_empty() {
                 expired += self.expire_entries(members).await?;
             }
             if last {
                 return Ok(expired);
             }
-            from += TAG_BATCH;
+            from += TAG_PAGE;
         }
     }
 
@@ -392,64 +439,105 @@ impl RedisStore {
     }
 
     pub(super) async fn invalidate_pattern_once(&self, pattern: &str) -> Result<u64> {
-        /// Matches gathered over `SCAN` steps and removed [`PATTERN_BATCH`] at a
-        /// time (the rest by `flush`), so each removal runs a few large scripts.
-        struct Gathered<'a> {
-            store: &'a RedisStore,
-            /// Whether the keys scanned are leases, `{E}:lease`, standing for `E`.
-            leases: bool,
-            entries: Vec<String>,
-        }
-        impl Gathered<'_> {
-            async fn flush(&mut self) -> Result<u64> {
-                let entries = std::mem::take(&mut self.entries);
-                if entries.is_empty() {
-                    return Ok(0);
-                }
-                if self.leases {
-                    self.store.invalidate_entries(entries).await
-                } else {
-                    self.store.delete_entries(entries).await
-                }
-            }
-        }
-        impl AsyncBatch for &mut Gathered<'_> {
-            async fn batch(&mut self, keys: Vec<String>) -> Result<u64> {
-                if self.leases {
+        // On each node, leases first, then entries: a computation that stores
+        // while the lease scan runs has its entry in place before the entry
+        // scan starts, and one that stores later is found by the lease scan and
+        // revoked (its batch deletes the entry too, should the store come
+        // first). One pass over both could miss both: the lease visited after
+        // the store, the entry before it. An entry and its lease share a node,
+        // so the nodes run side by side, and each found batch is removed while
+        // the scan goes on. A lease the entry scan could meet was taken after
+        // this began, by a computation that started after it: the entry scan
+        // only deletes entries.
+        let nodes = self.scan_nodes().await?;
+        let cluster = nodes.iter().any(Option::is_some);
+        let leases = lease_key(pattern);
+        let leases = &leases;
+        let per_node = nodes.iter().map(|node| {
+            let node = node.as_deref();
+            let leased = self.scan_steps(node, leases).map(|step| {
+                step.map(|keys| {
                     let entries = keys
                         .iter()
                         .filter_map(|lease| lease.strip_prefix('{')?.strip_suffix("}:lease"))
-                        .map(str::to_owned);
-                    self.entries.extend(entries);
-                } else {
-                    self.entries.extend(keys);
+                        .map(str::to_owned)
+                        .collect();
+                    (Found::Leased, entries)
+                })
+            });
+            let stored = self
+                .scan_steps(node, pattern)
+                .map(|step| step.map(|keys| (Found::Stored, keys)));
+            leased.chain(stored).boxed()
+        });
+        stream::select_all(per_node)
+            .flat_map(move |step| {
+                let batches: Vec<Result<(Found, Vec<String>)>> = match step {
+                    Ok((found, keys)) => {
+                        let size = match found {
+                            Found::Leased => ENTRIES_PER_SCRIPT,
+                            Found::Stored => 2 * ENTRIES_PER_SCRIPT,
+                        };
+                        chunked(grouped(keys, cluster), size)
+                            .into_iter()
+                            .map(|keys| Ok((found, keys)))
+                            .collect()
+                    }
+                    Err(error) => vec![Err(error)],
+                };
+                stream::iter(batches)
+            })
+            .map(|batch| async move {
+                match batch? {
+                    (Found::Leased, entries) => self.remove_batch(entries).await,
+                    (Found::Stored, entries) => self.delete_batch(entries).await,
                 }
-                if self.entries.len() < PATTERN_BATCH {
-                    return Ok(0);
-                }
-                self.flush().await
-            }
-        }
-        // Leases first, then entries: a computation that stores while the lease
-        // scan runs has its entry in place before the entry scan starts, and one
-        // that stores later is found by the lease scan and revoked. Either is
-        // removed before this returns, whenever its batch runs. A lease the entry
-        // scan could meet was taken after this began, by a computation that
-        // started after it: the entry scan only deletes entries.
-        let mut leases = Gathered {
-            store: self,
-            leases: true,
-            entries: Vec::new(),
-        };
-        let mut removed = self.scan_each(&lease_key(pattern), &mut leases).await?;
-        removed += leases.flush().await?;
-        let mut entries = Gathered {
-            store: self,
-            leases: false,
-            entries: Vec::new(),
-        };
-        removed += self.scan_each(pattern, &mut entries).await?;
-        removed += entries.flush().await?;
-        Ok(removed)
+            })
+            .buffer_unordered(INVALIDATION_CONCURRENCY)
+            .fold(Ok(0), sum_removed)
+            .await
+    }
+}
+
+/// What an `invalidate_pattern` scan found: entries with a lease (a
+/// computation in flight), or stored entries.
+#[derive(Clone, Copy)]
+enum Found {
+    Leased,
+    Stored,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `LeaseOf` writes what `lease_key` builds: the batch revokes the very
+    /// leases computations take.
+    #[test]
+    fn a_batch_names_each_entry_then_its_lease_as_lease_key_does() {
+        let entries = vec!["aside:f:v1.1:x".to_owned(), "aside:g:v1.1:y".to_owned()];
+        let cmd = batch_command(&scripts::INVALIDATE_BATCH, &entries, "aside~stored");
+        let args: Vec<Vec<u8>> = cmd
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let expected: Vec<Vec<u8>> = [
+            "EVALSHA".to_owned(),
+            scripts::INVALIDATE_BATCH.get_hash().to_owned(),
+            "4".to_owned(),
+            entries[0].clone(),
+            entries[1].clone(),
+            lease_key(&entries[0]),
+            lease_key(&entries[1]),
+            "2".to_owned(),
+            "aside~stored".to_owned(),
+        ]
+        .into_iter()
+        .map(String::into_bytes)
+        .collect();
+        assert_eq!(args, expected);
     }
 }

@@ -615,7 +615,7 @@ impl Backend for RedisStore {
     ) -> Result<Acquired> {
         // On a single node the tag sets go into the script: one round trip, and
         // the lease is still ours when the answer comes. On a cluster they
-        // live in other slots: recorded after the lease, then the lease checked.
+        // live in other slots: recorded after the lease, in parallel.
         let on_cluster = self.target.cluster_nodes().is_some();
         let in_script: &[String] = if on_cluster { &[] } else { record.tag_keys };
         let lease = &lease_key(entry);
@@ -648,11 +648,14 @@ impl Backend for RedisStore {
             _ => return Ok(Acquired::Busy),
         };
         if on_cluster && !record.tag_keys.is_empty() {
+            // After the lease, never beside it: a record that landed first could
+            // be carried away, its entry and (absent) lease removed, by an
+            // invalidation done before the lease lands; the entry would then be
+            // stored in no tag set. Recorded after the lease, it is found by
+            // every invalidation that detaches later, which revokes the lease.
+            // No check of the lease follows: one revoked between the two answers
+            // only refuses the store, as one revoked while computing does.
             self.register(entry, record).await?;
-            // An invalidation between the lease and the records revoked it.
-            if !steal && !self.renew_lease(entry, token, ttl).await? {
-                return Ok(Acquired::Busy);
-            }
         }
         Ok(Acquired::Taken(stored))
     }

@@ -5,7 +5,7 @@
 //! cargo bench --bench compare             # full run; writes docs/benchmarks.svg
 //! cargo bench --bench compare -- --quick  # a smoke run, well under a minute
 //! cargo bench --bench compare -- hit memory  # only these sections (also: miss storm
-//!                                            # tags pattern footprint keys tiered batch); no docs chart
+//!                                            # tags pattern footprint keys tiered batch freshness); no docs chart
 //! ```
 //!
 //! Each comparison prints one line,
@@ -50,6 +50,8 @@ mod batch;
 mod chart;
 #[path = "compare/footprint.rs"]
 mod footprint;
+#[path = "compare/freshness.rs"]
+mod freshness;
 #[path = "compare/invalidation.rs"]
 mod invalidation;
 #[path = "compare/keys.rs"]
@@ -544,7 +546,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let mut results = Results::default();
-    const SECTIONS: [&str; 10] = [
+    const SECTIONS: [&str; 11] = [
         "hit",
         "miss",
         "memory",
@@ -555,6 +557,7 @@ fn main() {
         "keys",
         "tiered",
         "batch",
+        "freshness",
     ];
     if let Some(unknown) = s.only.iter().find(|o| !SECTIONS.contains(&o.as_str())) {
         panic!("unknown section {unknown:?}; the sections are {}", SECTIONS.join(", "));
@@ -579,6 +582,9 @@ fn main() {
         }
         if run("batch") {
             batch::batch(&s, &mut results).await;
+        }
+        if run("freshness") {
+            freshness::freshness().await;
         }
     });
     // The storm's processes are driven synchronously from here.

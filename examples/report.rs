@@ -11,9 +11,11 @@
 //! totals per region, top customers, the daily series — each cache for ten
 //! minutes; `monthly_report` assembles them and caches the whole report for an
 //! hour. The example shows a cold run (every query runs), a warm run (one hit),
-//! a rebuild of the report from its still-cached parts, and a warm-up of next
-//! month's report after which serving it runs no query at all.
+//! a rebuild of the report from its still-cached parts, a warm-up of next
+//! month's report after which serving it runs no query at all, and customer
+//! cards cached one entry per customer by a batch function (`batch = ids`).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Instant;
 
@@ -152,6 +154,40 @@ async fn top_customers(db: &Db, month: Month, limit: u32) -> Result<Vec<Customer
     .await
 }
 
+/// One customer as an account page shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CustomerCard {
+    name: String,
+    region: String,
+    orders: i64,
+}
+
+/// The cards of `ids`, one cached entry per customer: a call queries only the
+/// customers that are not cached yet, in one `IN (...)` query.
+#[cached(prefix = "report", ttl = "10m", tags = ["sales"], skip(db), batch = ids)]
+async fn customer_cards(db: &Db, ids: &[u64]) -> Result<HashMap<u64, CustomerCard>, DbError> {
+    let ids = ids.to_vec();
+    db.run(move |conn| {
+        let marks = vec!["?"; ids.len()].join(", ");
+        let mut statement = conn.prepare(&format!(
+            "SELECT c.id, c.name, c.region, (SELECT COUNT(*) FROM orders o WHERE o.customer_id = c.id)
+               FROM customers c WHERE c.id IN ({marks})"
+        ))?;
+        let rows = statement.query_map(rusqlite::params_from_iter(ids.iter().map(|&id| id as i64)), |row| {
+            Ok((
+                row.get::<_, i64>(0)? as u64,
+                CustomerCard {
+                    name: row.get(1)?,
+                    region: row.get(2)?,
+                    orders: row.get(3)?,
+                },
+            ))
+        })?;
+        rows.collect()
+    })
+    .await
+}
+
 /// Orders and revenue per day of the month.
 #[cached(prefix = "report", ttl = "10m", tags = ["sales", "month:{month.year}:{month.month}"], skip(db))]
 async fn daily_series(db: &Db, month: Month) -> Result<Vec<DayTotal>, DbError> {
@@ -273,10 +309,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     );
     print_report(&report);
+    println!();
+
+    // An account page's customer cards, one entry per customer: the second
+    // call finds three of its five cached and queries the other two.
+    let before = cache.stats().total;
+    let started = Instant::now();
+    customer_cards(&db, &[1, 2, 3, 4, 5]).await?;
+    step("cards of customers 1-5", started, before, cache.stats().total);
+    let before = cache.stats().total;
+    let started = Instant::now();
+    let cards = customer_cards(&db, &[3, 4, 5, 6, 7]).await?;
+    step("cards of 3-7 (3-5 cached)", started, before, cache.stats().total);
+    if let Some(card) = cards.get(&7) {
+        println!(
+            "    customer 7: {}, {}, {} orders in {YEAR}",
+            card.name, card.region, card.orders
+        );
+    }
 
     println!();
     let stats = cache.stats();
-    for function in ["region_totals", "top_customers", "daily_series", "monthly_report"] {
+    for function in [
+        "region_totals",
+        "top_customers",
+        "daily_series",
+        "monthly_report",
+        "customer_cards",
+    ] {
         let counters = stats.function(&format!("report:{function}"));
         println!(
             "stats report:{function:<15} {:>2} hits, {:>2} misses, {:>2} computations, {} backend errors",

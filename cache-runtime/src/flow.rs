@@ -139,7 +139,7 @@ where
         async move {
             let (stored, held) = match shared.store.in_process(entry) {
                 Some(held) => {
-                    if let Some(kept) = held.decoded.take(share).filter(Entry::is_fresh) {
+                    if let Some(kept) = held.decoded.take_fresh(share) {
                         if held.copy {
                             probe.record(Event::L1Hit);
                         }

@@ -111,9 +111,13 @@ impl std::fmt::Debug for Decoded {
 }
 
 impl Decoded {
-    /// The kept entry, if it is a `T` and `share` hands it out.
-    pub(crate) fn take<T>(&self, share: impl Sharing<T>) -> Option<Entry<T>> {
+    /// The kept entry, if it is still fresh, a `T`, and `share` hands it out.
+    /// (A stale one is decoded again from the bytes, as stale.)
+    pub(crate) fn take_fresh<T>(&self, share: impl Sharing<T>) -> Option<Entry<T>> {
         let (fresh_until_ms, kept) = self.0.get()?;
+        if *fresh_until_ms <= crate::entry::unix_ms(std::time::SystemTime::now()) {
+            return None;
+        }
         Some(Entry {
             value: share.take(kept.as_ref())?,
             fresh_until_ms: *fresh_until_ms,
@@ -152,6 +156,9 @@ mod tests {
 
     struct NotClone;
 
+    /// A fresh-until stamp far in the future.
+    const FAR: u64 = u64::MAX;
+
     #[test]
     #[allow(clippy::needless_borrow)] // the borrow is what picks
     fn the_probe_picks_cloned_for_clone_types_and_decode_for_the_others() {
@@ -163,19 +170,19 @@ mod tests {
     #[test]
     fn a_kept_value_is_cloned_out_as_its_own_type_only() {
         let decoded = Decoded::default();
-        assert!(decoded.take::<Report>(Cloned).is_none());
+        assert!(decoded.take_fresh::<Report>(Cloned).is_none());
         let entry = Entry {
             value: Report(vec![1, 2]),
-            fresh_until_ms: 42,
+            fresh_until_ms: FAR,
         };
         decoded.keep(Cloned, &entry);
-        let taken = decoded.take::<Report>(Cloned).expect("kept");
-        assert_eq!((taken.value, taken.fresh_until_ms), (Report(vec![1, 2]), 42));
+        let taken = decoded.take_fresh::<Report>(Cloned).expect("kept");
+        assert_eq!((taken.value, taken.fresh_until_ms), (Report(vec![1, 2]), FAR));
         assert!(
-            decoded.take::<String>(Cloned).is_none(),
+            decoded.take_fresh::<String>(Cloned).is_none(),
             "another type decodes the bytes"
         );
-        assert!(decoded.take::<Report>(Decode).is_none());
+        assert!(decoded.take_fresh::<Report>(Decode).is_none());
         decoded.keep(
             Cloned,
             &Entry {
@@ -184,10 +191,23 @@ mod tests {
             },
         );
         assert_eq!(
-            decoded.take::<Report>(Cloned).map(|e| e.value),
+            decoded.take_fresh::<Report>(Cloned).map(|e| e.value),
             Some(Report(vec![1, 2])),
             "the first stays"
         );
+    }
+
+    #[test]
+    fn a_stale_kept_value_is_not_handed_out() {
+        let decoded = Decoded::default();
+        decoded.keep(
+            Cloned,
+            &Entry {
+                value: Report(vec![1]),
+                fresh_until_ms: 1,
+            },
+        );
+        assert!(decoded.take_fresh::<Report>(Cloned).is_none());
     }
 
     #[test]
@@ -197,9 +217,9 @@ mod tests {
             Decode,
             &Entry {
                 value: Report(vec![1]),
-                fresh_until_ms: 42,
+                fresh_until_ms: FAR,
             },
         );
-        assert!(decoded.take::<Report>(Cloned).is_none());
+        assert!(decoded.take_fresh::<Report>(Cloned).is_none());
     }
 }

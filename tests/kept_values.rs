@@ -254,6 +254,31 @@ impl<T: Clone + Send + Sync + Serialize + DeserializeOwned> Rows<T> {
     }
 }
 
+/// A database whose rows could be cloned, but are not said to be `'static`.
+trait Database {
+    type Row: Clone + Send + Sync + Serialize + DeserializeOwned;
+}
+
+struct Strings;
+
+impl Database for Strings {
+    type Row = String;
+}
+
+/// A method whose value is an associated type of the `impl`'s parameter.
+struct Table<Db> {
+    cache: Cache,
+    db: PhantomData<Db>,
+}
+
+impl<Db: Database> Table<Db> {
+    #[cached(ttl = 300, skip(self, raw), cache = self.cache)]
+    async fn find(&self, id: u32, raw: &str) -> Result<Db::Row, String> {
+        let _ = id;
+        serde_json::from_str(raw).map_err(|e| e.to_string())
+    }
+}
+
 async fn generic_and_borrowing_functions_still_work(fx: Fixture) {
     let cache = fx.cache().await;
     for _ in 0..2 {
@@ -267,6 +292,12 @@ async fn generic_and_borrowing_functions_still_work(fx: Fixture) {
     };
     assert_eq!(rows.row(1, "\"a\"").await.as_deref(), Ok("a"));
     assert_eq!(rows.row(1, "\"changed\"").await.as_deref(), Ok("a"), "a hit");
+    let table = Table::<Strings> {
+        cache: cache.clone(),
+        db: PhantomData,
+    };
+    assert_eq!(table.find(1, "\"row\"").await.as_deref(), Ok("row"));
+    assert_eq!(table.find(1, "\"changed\"").await.as_deref(), Ok("row"), "a hit");
     let stats = cache.stats().function("computed:parsed");
     assert_eq!((stats.computations, stats.hits), (1, 1));
 }

@@ -69,21 +69,45 @@ pub(crate) fn is_impl_trait(ty: &syn::Type) -> bool {
 /// Whether the hits of a function storing `value` may clone a kept decoded
 /// value out, chosen at compile time by the runtime's sharing probe: only for a
 /// type written without anything the probe could take for `'static` when it is
-/// not — a lifetime, `Self`, `impl`/`dyn`, a type parameter of the function, or
-/// a name written like one (`T`, `K2`: the function may sit in a generic `impl`,
-/// whose parameters the attribute cannot see). Trait selection ignores
+/// not — a lifetime, `Self`, `impl`/`dyn`, a qualified path (`<X as Y>::Z`), a
+/// type parameter of the function, a name written like one (`T`, `K2`: the
+/// function may sit in a generic `impl`, whose parameters the attribute cannot
+/// see), or an associated type of a capitalised name (`Db::Row`: of such a
+/// parameter, most likely; modules are lower case). Trait selection ignores
 /// lifetimes, so the probe would pick cloning for such a type, and the
 /// `'static` its cell needs would then fail to compile.
 pub(crate) fn may_share(sig: &Signature, value: &syn::Type) -> bool {
+    let tokens = value.to_token_stream();
     let mut names = BTreeSet::new();
-    idents(value.to_token_stream(), &mut names);
+    idents(tokens.clone(), &mut names);
     let params: BTreeSet<String> = sig.generics.params.iter().map(param_name).collect();
     !names.iter().any(|name| {
         name.starts_with('\'')
-            || matches!(name.as_str(), "Self" | "impl" | "dyn")
+            || matches!(name.as_str(), "Self" | "impl" | "dyn" | "as")
             || params.contains(name)
             || looks_like_a_type_parameter(name)
-    })
+    }) && !names_an_associated_type(tokens)
+}
+
+/// Whether `tokens` write a capitalised name followed by `::` (`Db::Row`).
+fn names_an_associated_type(tokens: TokenStream) -> bool {
+    let mut capitalised = false;
+    for token in tokens {
+        match token {
+            TokenTree::Ident(ident) => {
+                capitalised = ident.unraw().to_string().starts_with(|c: char| c.is_ascii_uppercase());
+            }
+            TokenTree::Punct(punct) if punct.as_char() == ':' && capitalised => return true,
+            TokenTree::Group(group) => {
+                if names_an_associated_type(group.stream()) {
+                    return true;
+                }
+                capitalised = false;
+            }
+            _ => capitalised = false,
+        }
+    }
+    false
 }
 
 /// `T`, `U2`, `KV`: at most two capitals, then digits.
@@ -221,6 +245,10 @@ mod tests {
         assert!(!shares(plain, "Vec<T>"));
         assert!(!shares(plain, "HashMap<K2, V>"));
         assert!(shares(plain, "Vec<Tx>"));
+        // Associated types of what may be an `impl`'s parameter, and qualified paths.
+        assert!(!shares(plain, "Vec<Db::Row>"));
+        assert!(!shares(plain, "<Db as Database>::Row"));
+        assert!(shares(plain, "std::collections::BTreeMap<String, serde_json::Value>"));
     }
 
     #[test]

@@ -351,19 +351,10 @@ pub fn key_slot(key: &str) -> u16 {
     crc16_xmodem(hashed) % SLOT_COUNT
 }
 
+/// CRC16/XMODEM, the checksum Redis Cluster hashes keys with (the `crc16`
+/// crate redis-rs routes by).
 fn crc16_xmodem(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in data {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
+    crc16::State::<crc16::XMODEM>::calculate(data)
 }
 
 /// Runs `redis-cli --cluster create` over `nodes`.

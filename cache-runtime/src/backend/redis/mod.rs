@@ -323,7 +323,10 @@ impl RedisStore {
                 }),
             }
         };
-        let result = self.background.enter(bounded).await;
+        // Boxed: a Redis request's future (connection, timer, codec) is a few
+        // kilobytes, and every future that awaits a store call would otherwise
+        // carry it inline and move it — a hit served in process memory too.
+        let result = self.background.enter(Box::pin(bounded)).await;
         // A request still told `TRYAGAIN` at the end of the operation timeout
         // (a slot half-migrated) says nothing either way: it neither opens the
         // breaker for every key nor counts as Redis answering (`None`). Still
@@ -377,7 +380,7 @@ impl RedisStore {
             && self
                 .breakers
                 .silent_since(now_ms().saturating_sub(millis(self.op_timeout / WEDGE_CHECK_PART)))
-            && self.wedged(&cell, breaker.master()).await
+            && Box::pin(self.wedged(&cell, breaker.master())).await
             && self.replace_wedged(&cell)
             && !probe
         {
@@ -481,8 +484,9 @@ impl Backend for RedisStore {
             return Ok(Some(copy));
         }
         if !self.listening.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            // The tier serves nothing until its channel is confirmed.
-            self.listen(Duration::ZERO).await;
+            // The tier serves nothing until its channel is confirmed. Boxed:
+            // once per store, it should not weigh on every read's future.
+            Box::pin(self.listen(Duration::ZERO)).await;
         }
         let generation = l1.generation(key);
         let value: Option<Vec<u8>> = self.run("GET", Route::Key(key), redis::cmd("GET").arg(key)).await?;
@@ -501,7 +505,7 @@ impl Backend for RedisStore {
             None => asked.extend((0..keys.len()).map(|index| (index, 0))),
             Some(l1) => {
                 if !self.listening.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                    self.listen(Duration::ZERO).await;
+                    Box::pin(self.listen(Duration::ZERO)).await;
                 }
                 for (index, key) in keys.iter().enumerate() {
                     match l1.get(key) {

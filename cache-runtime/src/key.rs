@@ -47,8 +47,33 @@ pub const SEGMENT_RESERVED: &str = "{}*?[]";
 /// assert!(!aside::key::is_key_segment("a*b"));
 /// ```
 pub fn is_key_segment(segment: &str) -> bool {
-    !segment.is_empty() && !segment.contains(|c: char| c.is_whitespace() || SEGMENT_RESERVED.contains(c))
+    // On every call of a cached function: one table lookup per byte for ASCII
+    // text, the character rules for the rest.
+    !segment.is_empty()
+        && if segment.is_ascii() {
+            !segment.bytes().any(|byte| REFUSED_ASCII[usize::from(byte)])
+        } else {
+            !segment.contains(|c: char| c.is_whitespace() || SEGMENT_RESERVED.contains(c))
+        }
 }
+
+/// The ASCII bytes [`is_key_segment`] refuses: white space and [`SEGMENT_RESERVED`].
+const REFUSED_ASCII: [bool; 128] = {
+    let mut refused = [false; 128];
+    let mut byte = 0;
+    while byte < 128 {
+        // `char::is_whitespace` for ASCII: space, \t, \n, vertical tab, form feed, \r.
+        refused[byte] = matches!(byte, 0x09..=0x0d | 0x20);
+        byte += 1;
+    }
+    let reserved = SEGMENT_RESERVED.as_bytes();
+    let mut at = 0;
+    while at < reserved.len() {
+        refused[reserved[at] as usize] = true;
+        at += 1;
+    }
+    refused
+};
 
 /// Refuses a tag (or a rendered template) that contains hash-slot braces.
 ///
@@ -365,12 +390,15 @@ fn canonical_text(value: Value) -> String {
 pub(crate) fn digest_hex(text: &str) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = xxhash_rust::xxh3::xxh3_128(text.as_bytes());
-    digest
-        .to_be_bytes()
-        .iter()
-        .flat_map(|byte| [HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]])
-        .map(char::from)
-        .collect()
+    let mut hex = [0u8; 32];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(digest.to_be_bytes()) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
+    let mut text = String::with_capacity(hex.len());
+    // Hex digits are ASCII, so this is the whole of them.
+    text.push_str(std::str::from_utf8(&hex).unwrap_or_default());
+    text
 }
 
 /// The key of something that must share a hash slot with `entry` (its lease, its
@@ -388,6 +416,16 @@ mod tests {
         // The same literal is pinned in cache-macros' check.rs tests.
         assert_eq!(SEGMENT_RESERVED, "{}*?[]");
         assert!(!is_key_segment("a b") && !is_key_segment("") && is_key_segment("a.b-c_d"));
+        for reserved in SEGMENT_RESERVED.chars().chain([' ', '\t', '\n', '\u{b}', '\u{c}', '\r', '\u{a0}', '\u{2003}']) {
+            assert!(!is_key_segment(&format!("a{reserved}b")), "{reserved:?} accepted");
+            assert!(!is_key_segment(&format!("é{reserved}")), "{reserved:?} accepted beside non-ASCII");
+        }
+        assert!(is_key_segment("rapport-été"));
+        for byte in 0..128u8 {
+            let c = char::from(byte);
+            let alone = is_key_segment(&format!("a{c}b"));
+            assert_eq!(alone, !(c.is_whitespace() || SEGMENT_RESERVED.contains(c)), "{c:?}");
+        }
     }
     use super::*;
     use std::collections::HashMap;

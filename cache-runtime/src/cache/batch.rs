@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tracing::Instrument as _;
 
+use super::span::{self, call_span, within};
 use super::Cache;
 use crate::backend::Backend;
 use crate::entry;
@@ -145,8 +145,8 @@ impl Cache {
             deadline: after(Instant::now(), policy.wait_limit()),
             compute,
         };
-        let result = batch.run(entries).instrument(span.clone()).await;
-        span.record("outcome", probe.outcome());
+        let result = within(&span, batch.run(entries)).await;
+        span::record(&span, "outcome", probe.outcome());
         result
     }
 }

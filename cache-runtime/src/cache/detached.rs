@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
+use super::span::{self, call_span, within};
 use super::Cache;
 use crate::entry;
 use crate::flow::{Call, Found};
@@ -112,11 +113,11 @@ impl Cache {
         let probe = self.inner.stats.probe(policy.function_name());
         let span = call_span!("get_or_compute", policy);
         let Ok(entry) = self.call_key(key.into(), policy, &probe, &span) else {
-            let outcome = Self::uncached(&probe, compute).instrument(span.clone()).await;
+            let outcome = within(&span, Self::uncached(&probe, compute)).await;
             return (outcome, self.status_of(&probe));
         };
         let call = Call::new(&self.inner.shared, &entry, policy, &probe, compute);
-        let found = call.read().instrument(span.clone()).await;
+        let found = within(&span, call.read()).await;
         let (outcome, status) = match found {
             Found::Fresh(fresh) if policy.due_ahead(fresh.fresh_until_ms, entry::unix_ms(SystemTime::now())) => {
                 probe.record(Event::Hit);
@@ -141,11 +142,11 @@ impl Cache {
                 }
             }
             found => {
-                let outcome = call.answer(found).instrument(span.clone()).await;
+                let outcome = within(&span, call.answer(found)).await;
                 (outcome, self.status_of(&probe))
             }
         };
-        span.record("outcome", probe.outcome());
+        span::record(&span, "outcome", probe.outcome());
         (outcome, status)
     }
 

@@ -8,8 +8,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use tokio::sync::broadcast;
-use tracing::Instrument as _;
-
 use crate::backend::memory::MemoryStore;
 use crate::backend::off::OffStore;
 use crate::backend::redis::RedisStore;
@@ -27,21 +25,14 @@ use crate::redact::Redacted;
 use crate::share::{Decode, Sharing};
 use crate::stats::{Event, Probe, Recorder, Stats};
 use crate::tags;
+use span::{call_span, within};
 
 mod builder;
+mod span;
 pub(crate) mod global;
 
 pub use after_commit::AfterCommit;
 pub use builder::CacheBuilder;
-
-/// The debug span of one call named `$op` (a literal: span names are static): its
-/// function and key now, its outcome when the call ends.
-macro_rules! call_span {
-    ($op:literal, $policy:expr) => {
-        tracing::debug_span!(target: "aside", $op, function = $policy.function_name(),
-            key = tracing::field::Empty, outcome = tracing::field::Empty)
-    };
-}
 
 mod after_commit;
 mod batch;
@@ -397,15 +388,12 @@ impl Cache {
         let span = call_span!("get_or_compute", policy);
         let outcome = match self.call_key(key.into(), policy, &probe, &span) {
             Ok(entry) => {
-                Call::new(&self.inner.shared, &entry, policy, &probe, compute)
-                    .sharing(share)
-                    .lookup()
-                    .instrument(span.clone())
-                    .await
+                let call = Call::new(&self.inner.shared, &entry, policy, &probe, compute).sharing(share);
+                within(&span, call.lookup()).await
             }
-            Err(()) => Self::uncached(&probe, compute).instrument(span.clone()).await,
+            Err(()) => within(&span, Self::uncached(&probe, compute)).await,
         };
-        span.record("outcome", probe.outcome());
+        span::record(&span, "outcome", probe.outcome());
         (outcome, self.status_of(&probe))
     }
 
@@ -445,14 +433,11 @@ impl Cache {
         let span = call_span!("refresh", policy);
         let outcome = match self.call_key(key.into(), policy, &probe, &span) {
             Ok(entry) => {
-                Call::new(&self.inner.shared, &entry, policy, &probe, compute)
-                    .overwrite()
-                    .instrument(span.clone())
-                    .await
+                within(&span, Call::new(&self.inner.shared, &entry, policy, &probe, compute).overwrite()).await
             }
-            Err(()) => Self::uncached(&probe, compute).instrument(span.clone()).await,
+            Err(()) => within(&span, Self::uncached(&probe, compute)).await,
         };
-        span.record("outcome", probe.outcome());
+        span::record(&span, "outcome", probe.outcome());
         outcome
     }
 
@@ -467,9 +452,7 @@ impl Cache {
     ) -> std::result::Result<String, ()> {
         match self.usable_key(key, policy) {
             Ok(entry) => {
-                if !span.is_disabled() {
-                    span.record("key", tracing::field::display(Redacted(&entry)));
-                }
+                span::record(span, "key", tracing::field::display(Redacted(&entry)));
                 Ok(entry)
             }
             Err(error) => {

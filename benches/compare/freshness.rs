@@ -13,7 +13,9 @@ use crate::REDIS;
 /// Computations of the functions below.
 static RUNS: AtomicUsize = AtomicUsize::new(0);
 
-/// Refreshed ahead after half of its 1 s fresh life.
+/// Refreshed ahead after half of its 1 s fresh life. (Called through its
+/// `_with_status` companion only.)
+#[allow(dead_code)]
 #[cached(prefix = "bench", ttl = 1, refresh_ahead = 0.5, cache = REDIS)]
 async fn hot_ahead(region: u32) -> u64 {
     let _ = region;
@@ -21,6 +23,7 @@ async fn hot_ahead(region: u32) -> u64 {
 }
 
 /// The same key shape, left to expire.
+#[allow(dead_code)]
 #[cached(prefix = "bench", ttl = 1, cache = REDIS)]
 async fn hot_plain(region: u32) -> u64 {
     let _ = region;

@@ -24,7 +24,6 @@
 //! fresh life, which ends before its Redis TTL.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -40,6 +39,10 @@ pub(crate) const BEAT: Duration = Duration::from_millis(100);
 
 /// How long a heard heartbeat keeps the tier usable.
 pub(crate) const CONFIRMED_FOR: Duration = Duration::from_millis(500);
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// Generation shards: an eviction of one key stops fills of the keys of its shard only.
 const SHARDS: usize = 64;
@@ -73,8 +76,12 @@ impl Expiry<String, Copy> for FreshLife {
 pub(crate) struct L1 {
     copies: Moka<String, Copy>,
     generations: [AtomicU64; SHARDS],
-    /// When this process last heard its own heartbeat.
-    confirmed_at: Mutex<Option<Instant>>,
+    /// When this process last heard its own heartbeat: milliseconds since
+    /// `origin`, plus one; 0 for never (or since the subscription was lost).
+    /// An atomic, not a lock: every hit on a copy reads it.
+    confirmed_at: AtomicU64,
+    /// The instant `confirmed_at` counts from.
+    origin: Instant,
     /// Whether copies may be served (and were, since they were last dropped).
     usable: AtomicBool,
     /// This process's heartbeat payload.
@@ -97,7 +104,8 @@ impl L1 {
         L1 {
             copies,
             generations: std::array::from_fn(|_| AtomicU64::new(0)),
-            confirmed_at: Mutex::new(None),
+            confirmed_at: AtomicU64::new(0),
+            origin: Instant::now(),
             usable: AtomicBool::new(false),
             beat,
         }
@@ -175,12 +183,13 @@ impl L1 {
 
     /// The subscriber heard this process's heartbeat.
     pub(crate) fn confirmed(&self) {
-        *self.confirmed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        self.confirmed_at
+            .store(self.since_origin_ms().saturating_add(1), Ordering::Release);
     }
 
     /// The subscription was lost: nothing heard from now on can be trusted to be complete.
     pub(crate) fn lost(&self) {
-        *self.confirmed_at.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.confirmed_at.store(0, Ordering::Release);
         self.usable.store(false, Ordering::Release);
         self.evict_all();
     }
@@ -188,16 +197,24 @@ impl L1 {
     /// Whether copies may be served now; drops them all when the channel
     /// stopped being confirmed, and starts from none when it is confirmed again.
     fn check_usable(&self) -> bool {
-        let confirmed = self
-            .confirmed_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|at| at.elapsed() < CONFIRMED_FOR);
-        let was = self.usable.swap(confirmed, Ordering::AcqRel);
-        if was != confirmed {
+        let heard = self.confirmed_at.load(Ordering::Acquire);
+        let confirmed = heard != 0 && self.since_origin_ms() < (heard - 1).saturating_add(millis(CONFIRMED_FOR));
+        // Read first, written only on a change: hits on every core read this
+        // flag, and a write on each would pass its cache line between them.
+        if self.usable.load(Ordering::Acquire) != confirmed
+            && self
+                .usable
+                .compare_exchange(!confirmed, confirmed, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
             self.evict_all();
         }
         confirmed
+    }
+
+    /// Milliseconds since `origin`.
+    fn since_origin_ms(&self) -> u64 {
+        millis(self.origin.elapsed())
     }
 
     fn shard(&self, key: &str) -> &AtomicU64 {

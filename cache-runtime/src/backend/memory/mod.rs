@@ -462,7 +462,9 @@ mod tests {
                 .acquire_lease(
                     &format!("left:{n}"),
                     "t",
-                    Duration::from_millis(1),
+                    // Long enough to still be held when the acquisition checks
+                    // it on a loaded machine (1 ms was not), short to wait out.
+                    Duration::from_millis(100),
                     false,
                     record(&[], DAY),
                 )
@@ -470,7 +472,7 @@ mod tests {
                 .unwrap();
             assert!(matches!(taken, Acquired::Taken(None)));
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
         for n in 0..LEASE_SWEEP_EVERY {
             store
                 .acquire_lease(

@@ -19,6 +19,7 @@
 //! Every other value is written exactly as `serde_json` writes it.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Serialize;
@@ -47,14 +48,17 @@ pub const SEGMENT_RESERVED: &str = "{}*?[]";
 /// assert!(!aside::key::is_key_segment("a*b"));
 /// ```
 pub fn is_key_segment(segment: &str) -> bool {
-    // On every call of a cached function: one table lookup per byte for ASCII
-    // text, the character rules for the rest.
-    !segment.is_empty()
-        && if segment.is_ascii() {
-            !segment.bytes().any(|byte| REFUSED_ASCII[usize::from(byte)])
-        } else {
-            !segment.contains(|c: char| c.is_whitespace() || SEGMENT_RESERVED.contains(c))
+    // On every call of a cached function: one table lookup per byte while the
+    // text is ASCII, the character rules for the rest.
+    for byte in segment.bytes() {
+        if !byte.is_ascii() {
+            return !segment.contains(|c: char| c.is_whitespace() || SEGMENT_RESERVED.contains(c));
         }
+        if REFUSED_ASCII[usize::from(byte)] {
+            return false;
+        }
+    }
+    !segment.is_empty()
 }
 
 /// The ASCII bytes [`is_key_segment`] refuses: white space and [`SEGMENT_RESERVED`].
@@ -118,9 +122,19 @@ enum Repr {
         prefix: Cow<'static, str>,
         name: Cow<'static, str>,
         version: u32,
-        args: String,
+        args: Args,
     },
     Invalid(String),
+}
+
+/// The argument segment of a function's key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Args {
+    /// The digest of the arguments' canonical JSON, written as 32 hex digits
+    /// straight into the full key.
+    Digest(u128),
+    /// A rendered `key = "..."` template.
+    Text(String),
 }
 
 /// One piece of a `key = "..."` template: literal text, or an argument's rendered value.
@@ -166,8 +180,8 @@ impl Key {
         version: u32,
         args: &A,
     ) -> Key {
-        match canonical_json(args) {
-            Ok(json) => Key::function(prefix.into(), name.into(), version, digest_hex(&json)),
+        match canonical_digest(args) {
+            Ok(digest) => Key::function(prefix.into(), name.into(), version, Args::Digest(digest)),
             Err(e) => Key(Repr::Invalid(e.to_string())),
         }
     }
@@ -184,12 +198,12 @@ impl Key {
         pieces: impl IntoIterator<Item = Piece>,
     ) -> Key {
         match concat(pieces) {
-            Ok(args) => Key::function(prefix.into(), name.into(), version, args),
+            Ok(args) => Key::function(prefix.into(), name.into(), version, Args::Text(args)),
             Err(problem) => Key(Repr::Invalid(problem)),
         }
     }
 
-    fn function(prefix: Cow<'static, str>, name: Cow<'static, str>, version: u32, args: String) -> Key {
+    fn function(prefix: Cow<'static, str>, name: Cow<'static, str>, version: u32, args: Args) -> Key {
         for (what, segment) in [("prefix", &prefix), ("name", &name)] {
             if !is_key_segment(segment) {
                 return Key(Repr::Invalid(format!(
@@ -236,7 +250,11 @@ impl Key {
                 version,
                 args,
             } => {
-                full = String::with_capacity(namespace.len() + prefix.len() + name.len() + args.len() + 26);
+                let args_len = match args {
+                    Args::Digest(_) => 32,
+                    Args::Text(text) => text.len(),
+                };
+                full = String::with_capacity(namespace.len() + prefix.len() + name.len() + args_len + 26);
                 for segment in [namespace, prefix, name] {
                     full.push_str(segment);
                     full.push(':');
@@ -246,7 +264,10 @@ impl Key {
                 full.push('.');
                 push_decimal(&mut full, *version);
                 full.push(':');
-                full.push_str(args);
+                match args {
+                    Args::Digest(digest) => push_hex(&mut full, *digest),
+                    Args::Text(text) => full.push_str(text),
+                }
             }
             Repr::Invalid(problem) => return Err(Error::Key(problem.clone())),
         }
@@ -357,16 +378,56 @@ pub fn escape(text: &str) -> String {
     utf8_percent_encode(text, ESCAPED).to_string()
 }
 
-/// The canonical JSON of `value`: object keys sorted at every depth, no white space.
-pub(crate) fn canonical_json<T: Serialize + ?Sized>(value: &T) -> Result<String> {
+/// The xxh3-128 digest of the canonical JSON of `value` (see [`write_canonical`]).
+///
+/// Serialized into a buffer of the thread's, reused by every call: a key is
+/// built on every call of a cached function.
+pub(crate) fn canonical_digest<T: Serialize + ?Sized>(value: &T) -> Result<u128> {
+    /// A buffer this large after a call is dropped rather than kept for the thread's life.
+    const KEPT: usize = 16 * 1024;
+    thread_local! {
+        static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    let digest = |buffer: &mut Vec<u8>| {
+        write_canonical(buffer, value)?;
+        let digest = xxhash_rust::xxh3::xxh3_128(buffer);
+        if buffer.capacity() > KEPT {
+            *buffer = Vec::new();
+        }
+        Ok(digest)
+    };
+    BUFFER
+        .try_with(|buffer| match buffer.try_borrow_mut() {
+            Ok(mut buffer) => Some(digest(&mut buffer)),
+            // A key argument whose `Serialize` builds a key itself.
+            Err(_) => None,
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| digest(&mut Vec::new()))
+}
+
+/// Writes the canonical JSON of `value` into `buffer` (emptied first): object
+/// keys sorted at every depth, no white space.
+fn write_canonical<T: Serialize + ?Sized>(buffer: &mut Vec<u8>, value: &T) -> Result<()> {
+    buffer.clear();
     // JSON without a `{` has no object whose keys could be out of order: it is
     // canonical as written, which spares building a `Value` on every call.
-    let direct = serde_json::to_string(&Tagged(value)).map_err(|e| Error::Key(e.to_string()))?;
-    if !direct.contains('{') {
-        return Ok(direct);
+    serde_json::to_writer(&mut *buffer, &Tagged(value)).map_err(|e| Error::Key(e.to_string()))?;
+    if buffer.contains(&b'{') {
+        let value = serde_json::to_value(Tagged(value)).map_err(|e| Error::Key(e.to_string()))?;
+        buffer.clear();
+        buffer.extend_from_slice(canonical_text(value).as_bytes());
     }
-    let value = serde_json::to_value(Tagged(value)).map_err(|e| Error::Key(e.to_string()))?;
-    Ok(canonical_text(value))
+    Ok(())
+}
+
+/// The canonical JSON of `value`, as text.
+#[cfg(test)]
+pub(crate) fn canonical_json<T: Serialize + ?Sized>(value: &T) -> Result<String> {
+    let mut buffer = Vec::new();
+    write_canonical(&mut buffer, value)?;
+    String::from_utf8(buffer).map_err(|e| Error::Key(e.to_string()))
 }
 
 fn canonical_text(value: Value) -> String {
@@ -388,17 +449,21 @@ fn canonical_text(value: Value) -> String {
 
 /// 32 lowercase hex digits of the xxh3-128 of `text`.
 pub(crate) fn digest_hex(text: &str) -> String {
+    let mut hex = String::with_capacity(32);
+    push_hex(&mut hex, xxhash_rust::xxh3::xxh3_128(text.as_bytes()));
+    hex
+}
+
+/// Appends `digest` as 32 lowercase hex digits.
+fn push_hex(text: &mut String, digest: u128) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = xxhash_rust::xxh3::xxh3_128(text.as_bytes());
     let mut hex = [0u8; 32];
     for (pair, byte) in hex.chunks_exact_mut(2).zip(digest.to_be_bytes()) {
         pair[0] = HEX[usize::from(byte >> 4)];
         pair[1] = HEX[usize::from(byte & 0xf)];
     }
-    let mut text = String::with_capacity(hex.len());
-    // Hex digits are ASCII, so this is the whole of them.
+    // Hex digits are ASCII: this is all of them.
     text.push_str(std::str::from_utf8(&hex).unwrap_or_default());
-    text
 }
 
 /// The key of something that must share a hash slot with `entry` (its lease, its
@@ -416,9 +481,15 @@ mod tests {
         // The same literal is pinned in cache-macros' check.rs tests.
         assert_eq!(SEGMENT_RESERVED, "{}*?[]");
         assert!(!is_key_segment("a b") && !is_key_segment("") && is_key_segment("a.b-c_d"));
-        for reserved in SEGMENT_RESERVED.chars().chain([' ', '\t', '\n', '\u{b}', '\u{c}', '\r', '\u{a0}', '\u{2003}']) {
+        for reserved in SEGMENT_RESERVED
+            .chars()
+            .chain([' ', '\t', '\n', '\u{b}', '\u{c}', '\r', '\u{a0}', '\u{2003}'])
+        {
             assert!(!is_key_segment(&format!("a{reserved}b")), "{reserved:?} accepted");
-            assert!(!is_key_segment(&format!("é{reserved}")), "{reserved:?} accepted beside non-ASCII");
+            assert!(
+                !is_key_segment(&format!("é{reserved}")),
+                "{reserved:?} accepted beside non-ASCII"
+            );
         }
         assert!(is_key_segment("rapport-été"));
         for byte in 0..128u8 {

@@ -79,6 +79,60 @@ async fn memory() -> Cache {
     Cache::builder().memory().build().await.unwrap()
 }
 
+/// One cache, its function's counters heard by one recorder and then by
+/// another: each event goes to the recorder in force when it happens, as a
+/// `counter!` would, also after the cache built its metric keys.
+#[test]
+fn each_count_goes_to_the_recorder_in_force_when_it_happens() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = runtime.block_on(memory());
+    let policy = Policy::default().function("reports:weekly");
+    let call = || {
+        runtime.block_on(async {
+            let Plain(n) = cache.get_or_compute("weekly", &policy, || async { Plain(7) }).await;
+            n
+        })
+    };
+    // Counted with no recorder at all: the keys are built, the counts go nowhere.
+    assert_eq!(call(), 7);
+    let (first, second) = (DebuggingRecorder::new(), DebuggingRecorder::new());
+    let (first_seen, second_seen) = (first.snapshotter(), second.snapshotter());
+    metrics::with_local_recorder(&first, || {
+        for _ in 0..2 {
+            assert_eq!(call(), 7);
+        }
+    });
+    metrics::with_local_recorder(&second, || {
+        for _ in 0..3 {
+            assert_eq!(call(), 7);
+        }
+    });
+    let hits = |snapshotter: metrics_util::debugging::Snapshotter| {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter_map(|(key, _, _, value)| {
+                let key = key.key().clone();
+                let weekly = key.labels().any(|label| label.value() == "reports:weekly");
+                match value {
+                    DebugValue::Counter(n) if key.name() == names::HITS && weekly => Some(n),
+                    _ => None,
+                }
+            })
+            .sum::<u64>()
+    };
+    assert_eq!(hits(first_seen), 2, "the first recorder heard its two hits");
+    assert_eq!(
+        hits(second_seen),
+        3,
+        "the second recorder heard its three, not the first's"
+    );
+}
+
 #[test]
 fn hits_misses_and_computation_time_per_function() {
     for server in [None, Some(RedisServer::start())] {

@@ -35,14 +35,14 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
 //! ```
 
-use std::sync::{Arc, Once};
+use std::sync::{Arc, LazyLock, Once};
 use std::time::Duration;
 
-use ::metrics::{SharedString, Unit};
+use ::metrics::{Key, Label, Level, Metadata, SharedString, Unit};
 
 use crate::breaker::BreakerState;
 use crate::cache::Cache;
-use crate::stats::{counter_table, Event, Sink};
+use crate::stats::{counter_table, Event, Function, Sink};
 
 /// The head and rows of the table of metrics in this module's docs, from
 /// [`counter_table!`]; the breaker's rows follow by hand.
@@ -157,14 +157,53 @@ pub fn sample(cache: &Cache) {
 /// in the crate root): emits each to the installed `metrics` recorder.
 pub(crate) struct Exporter;
 
-impl Sink for Exporter {
-    fn event(&self, function: Option<&Arc<str>>, event: Event) {
-        let Some(name) = metric(event) else { return };
-        describe_once();
-        ::metrics::counter!(name, FUNCTION_LABEL => label(function)).increment(1);
+/// The metadata `counter!` gives this module's counters.
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// One function's counter keys, by [`Event`], built once: `counter!` with a
+/// label built on the spot allocates and hashes a key on every hit. Each
+/// event still registers its key with the recorder in force — the global one
+/// or the thread's — as `counter!` does.
+struct CallKeys(Vec<Option<Key>>);
+
+impl CallKeys {
+    fn new(function: &str) -> CallKeys {
+        let label = SharedString::from(Arc::<str>::from(function));
+        CallKeys(Self::labelled(&label))
     }
 
-    fn computed(&self, function: Option<&Arc<str>>, took: Duration) {
+    fn labelled(label: &SharedString) -> Vec<Option<Key>> {
+        Event::ALL
+            .iter()
+            .map(|&event| {
+                metric(event).map(|name| Key::from_parts(name, vec![Label::new(FUNCTION_LABEL, label.clone())]))
+            })
+            .collect()
+    }
+
+    fn get(&self, event: Event) -> Option<&Key> {
+        self.0.get(event as usize)?.as_ref()
+    }
+}
+
+/// The keys of calls whose policy names no function.
+static UNNAMED_KEYS: LazyLock<CallKeys> =
+    LazyLock::new(|| CallKeys(CallKeys::labelled(&SharedString::const_str(UNNAMED))));
+
+impl Sink for Exporter {
+    fn event(&self, function: Option<&Function>, event: Event) {
+        let keys = match function {
+            Some(function) => function.kept(CallKeys::new),
+            None => Some(&*UNNAMED_KEYS),
+        };
+        let Some(key) = keys.and_then(|keys| keys.get(event)) else {
+            return;
+        };
+        describe_once();
+        ::metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA)).increment(1);
+    }
+
+    fn computed(&self, function: Option<&Function>, took: Duration) {
         ::metrics::histogram!(COMPUTATION_SECONDS, FUNCTION_LABEL => label(function)).record(took.as_secs_f64());
     }
 
@@ -174,9 +213,9 @@ impl Sink for Exporter {
     }
 }
 
-fn label(function: Option<&Arc<str>>) -> SharedString {
-    function.map_or(SharedString::const_str(UNNAMED), |name| {
-        SharedString::from(Arc::clone(name))
+fn label(function: Option<&Function>) -> SharedString {
+    function.map_or(SharedString::const_str(UNNAMED), |function| {
+        SharedString::from(Arc::clone(function.name()))
     })
 }
 

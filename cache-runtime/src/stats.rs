@@ -6,10 +6,11 @@
 //! a [`Sink`] that someone else implements — the `metrics` exporter — so this file
 //! knows nothing of who listens.
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use crate::breaker::{BreakerState, NodeBreaker};
@@ -100,8 +101,8 @@ macro_rules! counters {
         /// The live counters of the total or of one function.
         #[derive(Debug, Default)]
         struct Cells {
-            /// The function's name (`None` for the total), given to the [`Sink`].
-            name: Option<Arc<str>>,
+            /// The function (`None` for the total), as the [`Sink`] hears of it.
+            name: Option<Function>,
             $( $call: AtomicU64, )*
             $( $entry: AtomicU64, )*
             $( $time: AtomicU64, )*
@@ -224,15 +225,50 @@ impl Stats {
     }
 }
 
+/// A function whose calls are counted, as a [`Sink`] hears of it: its name,
+/// and what the sink keeps for it (an exporter's metric keys, built once
+/// rather than on every hit).
+pub(crate) struct Function {
+    name: Arc<str>,
+    kept: OnceLock<Box<dyn Any + Send + Sync>>,
+}
+
+impl Function {
+    fn new(name: &str) -> Function {
+        Function {
+            name: Arc::from(name),
+            kept: OnceLock::new(),
+        }
+    }
+
+    /// The policy's function name.
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// What the sink keeps for this function, made by `make` on first use.
+    /// One sink serves a process, so one type is kept; `None` for another.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn kept<T: Any + Send + Sync>(&self, make: impl FnOnce(&str) -> T) -> Option<&T> {
+        self.kept.get_or_init(|| Box::new(make(&self.name))).downcast_ref()
+    }
+}
+
+impl fmt::Debug for Function {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Function").field(&self.name).finish()
+    }
+}
+
 /// Who else hears of what a [`Recorder`] counts, as it is counted: the interface
 /// this module owns and an exporter (the `metrics` feature's) implements.
 ///
-/// `function` is the policy's function name, `None` for calls that name none.
+/// `function` is the policy's function, `None` for calls that name none.
 pub(crate) trait Sink: Send + Sync {
     /// One event of a call ([`Event::of_call`]) or one key invalidation of `function`.
-    fn event(&self, function: Option<&Arc<str>>, event: Event);
+    fn event(&self, function: Option<&Function>, event: Event);
     /// One computation of `function` took `took`.
-    fn computed(&self, function: Option<&Arc<str>>, took: Duration);
+    fn computed(&self, function: Option<&Function>, took: Duration);
     /// An invalidation removed `removed` entries.
     fn invalidated(&self, removed: u64);
 }
@@ -281,7 +317,7 @@ impl Recorder {
         let mut functions = self.functions.write().unwrap_or_else(|e| e.into_inner());
         Arc::clone(functions.entry(name.to_owned()).or_insert_with(|| {
             Arc::new(Cells {
-                name: Some(Arc::from(name)),
+                name: Some(Function::new(name)),
                 ..Cells::default()
             })
         }))
@@ -344,7 +380,7 @@ impl Probe<'_> {
         }
     }
 
-    fn function_name(&self) -> Option<&Arc<str>> {
+    fn function_name(&self) -> Option<&Function> {
         self.function.as_ref().and_then(|cells| cells.name.as_ref())
     }
 
@@ -434,14 +470,14 @@ mod tests {
     struct Heard(Mutex<Vec<String>>);
 
     impl Sink for Heard {
-        fn event(&self, function: Option<&Arc<str>>, event: Event) {
+        fn event(&self, function: Option<&Function>, event: Event) {
             let mut heard = self.0.lock().unwrap();
-            heard.push(format!("{event:?} {}", function.map_or("-", |f| &**f)));
+            heard.push(format!("{event:?} {}", function.map_or("-", |f| &**f.name())));
         }
 
-        fn computed(&self, function: Option<&Arc<str>>, _: Duration) {
+        fn computed(&self, function: Option<&Function>, _: Duration) {
             let mut heard = self.0.lock().unwrap();
-            heard.push(format!("computed {}", function.map_or("-", |f| &**f)));
+            heard.push(format!("computed {}", function.map_or("-", |f| &**f.name())));
         }
 
         fn invalidated(&self, removed: u64) {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-
 use tokio::sync::broadcast;
+
 use crate::backend::memory::MemoryStore;
 use crate::backend::off::OffStore;
 use crate::backend::redis::RedisStore;
@@ -28,8 +28,8 @@ use crate::tags;
 use span::{call_span, within};
 
 mod builder;
-mod span;
 pub(crate) mod global;
+mod span;
 
 pub use after_commit::AfterCommit;
 pub use builder::CacheBuilder;
@@ -433,7 +433,11 @@ impl Cache {
         let span = call_span!("refresh", policy);
         let outcome = match self.call_key(key.into(), policy, &probe, &span) {
             Ok(entry) => {
-                within(&span, Call::new(&self.inner.shared, &entry, policy, &probe, compute).overwrite()).await
+                within(
+                    &span,
+                    Call::new(&self.inner.shared, &entry, policy, &probe, compute).overwrite(),
+                )
+                .await
             }
             Err(()) => within(&span, Self::uncached(&probe, compute)).await,
         };

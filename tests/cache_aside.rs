@@ -302,3 +302,49 @@ async fn a_tagged_miss_costs_three_round_trips_and_a_hit_one() {
         monitor.requests_naming("counted-miss")
     );
 }
+
+/// On one node, a batch of a tag's invalidation is one transaction: the
+/// entries deleted by one `DEL`, their leases by another, and one `PUBLISH`
+/// naming them, between `MULTI` and `EXEC` — no script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_invalidation_batch_is_one_transaction_on_one_node() {
+    let fx = Fixture::redis();
+    let support::Server::Single(server) = &fx.server else {
+        unreachable!()
+    };
+    let cache = fx.cache().await;
+    let policy = Policy::new(Duration::from_secs(60)).tags(["batched"]);
+    for n in 0..3u64 {
+        let got: Option<u64> = cache
+            .get_or_compute(format!("batched-{n}"), &policy, || async move { Some(n) })
+            .await;
+        assert_eq!(got, Some(n));
+    }
+    let monitor = Monitor::start(server.port());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(cache.invalidate_tag("batched").await.unwrap(), 3);
+    aside_testkit::until("the monitor to see the transaction", || {
+        monitor.requests_naming("batched-0").len() >= 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let requests = monitor.requests_naming("batched-0");
+    let commands: Vec<&str> = requests
+        .iter()
+        .filter_map(|line| line.split("] \"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(commands, ["DEL", "DEL", "PUBLISH"], "{requests:#?}");
+    for n in 0..3 {
+        assert!(
+            requests[0].contains(&format!("batched-{n}\"")),
+            "one DEL of every entry: {requests:#?}"
+        );
+        assert!(
+            requests[1].contains(&format!("batched-{n}}}:lease\"")),
+            "one DEL of every lease: {requests:#?}"
+        );
+    }
+    let full = cache.full_key("batched-0").unwrap();
+    let stored: bool = redis::cmd("EXISTS").arg(&full).query(&mut server.connection()).unwrap();
+    assert!(!stored);
+}

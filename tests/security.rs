@@ -478,6 +478,51 @@ async fn a_least_privilege_acl_user_without_channel_rights_caches() {
     });
     assert_eq!(futures_util::future::join_all(calls).await, vec![7; 10]);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // Invalidations announce what they removed too: refused the channel, they
+    // still remove every entry (a transaction that would publish is not sent
+    // again as one; the script's announcement fails alone).
+    let tagged = Policy::default().tags(["orders"]);
+    for n in 0..3u64 {
+        let Plain(_) = cache
+            .get_or_compute(format!("order:{n}"), &tagged, || async move { Plain(n) })
+            .await;
+        let Plain(_) = cache
+            .get_or_compute(format!("report:{n}"), &Policy::default(), || async move { Plain(n) })
+            .await;
+    }
+    assert_eq!(cache.invalidate_tag("orders").await.expect("invalidate_tag"), 3);
+    assert_eq!(
+        cache.invalidate_pattern("report:*").await.expect("invalidate_pattern"),
+        3
+    );
+    assert_eq!(
+        cache.invalidate_pattern("report:*").await.expect("invalidate_pattern"),
+        0
+    );
+    // A cache whose first announcement is an invalidation's: its refused
+    // transaction is sent again as the script.
+    for n in 0..3u64 {
+        let Plain(_) = cache
+            .get_or_compute(format!("report:{n}"), &Policy::default(), || async move { Plain(n) })
+            .await;
+    }
+    let fresh = Cache::builder()
+        .redis_url(&server.url_for_user("app", "app-pw"))
+        .build()
+        .await
+        .expect("connect");
+    assert_eq!(
+        fresh.invalidate_pattern("report:*").await.expect("invalidate_pattern"),
+        3
+    );
+    assert_eq!(fresh.stats().total.backend_errors, 0, "{:?}", fresh.stats());
+    for n in 0..3u64 {
+        for key in [format!("order:{n}"), format!("report:{n}")] {
+            let full = cache.full_key(key.as_str()).unwrap();
+            let stored: bool = redis::cmd("EXISTS").arg(&full).query(&mut server.connection()).unwrap();
+            assert!(!stored, "{full} was removed");
+        }
+    }
     assert_eq!(cache.stats().total.backend_errors, 0, "{:?}", cache.stats());
     let text = logs.text();
     assert!(

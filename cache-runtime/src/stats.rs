@@ -242,6 +242,7 @@ impl Function {
     }
 
     /// The policy's function name.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn name(&self) -> &Arc<str> {
         &self.name
     }

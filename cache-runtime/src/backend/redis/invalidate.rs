@@ -1,8 +1,8 @@
 //! How a Redis store removes entries: one key, a tag's detached sets, a
-//! pattern's `SCAN` matches, or soft expiries — in scripts over many keys at
-//! once (grouped by hash slot on a cluster), several in flight, each announcing
-//! what it removed; and how an invalidation that could not be delivered is
-//! sent again.
+//! pattern's `SCAN` matches, or soft expiries — in batches over many keys at
+//! once (transactions on one node, scripts grouped by hash slot on a cluster),
+//! several in flight, each announcing what it removed; and how an invalidation
+//! that could not be delivered is sent again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,10 +136,15 @@ fn batch_transaction(entries: &[String], leases: bool, channel: &str) -> redis::
     transaction
 }
 
-/// Whether a transaction was refused because the user may not `PUBLISH` on
-/// the channel (ACL without channel rights): nothing of it ran.
+/// Whether an aborted transaction was refused only because the user may not
+/// `PUBLISH` on the channel (ACL without channel rights).
 fn refused_announcement(error: &redis::RedisError) -> bool {
-    error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ExecAbort) || error.code() == Some("NOPERM")
+    error.clone().into_server_errors().is_some_and(|errors| {
+        !errors.is_empty()
+            && errors.iter().all(|(_, refused)| {
+                refused.code() == "NOPERM" && refused.details().is_some_and(|details| details.contains("channel"))
+            })
+    })
 }
 
 /// Runs `cmd`, an `EVALSHA` of `script`, loading the script first if the
@@ -313,7 +318,15 @@ impl RedisStore {
                 .await
             {
                 Ok((removed,)) => return Ok(removed),
-                Err(error) if refused_announcement(&error) => self.announcement_refused(),
+                // Refused whole, nothing ran: sent again as the script, whose
+                // announcement may fail alone, and whose other refusals (a
+                // replica's `READONLY` mid-failover) are the errors the
+                // callers' retries know.
+                Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ExecAbort) => {
+                    if refused_announcement(&error) {
+                        self.announcement_refused();
+                    }
+                }
                 Err(error) => return Err(error),
             }
         }

@@ -278,8 +278,8 @@ impl RedisStore {
     /// [`scripts::INVALIDATE_BATCH`] on a cluster or for a user who may not
     /// publish; returns how many entries existed.
     async fn remove_batch(&self, entries: Vec<String>) -> Result<u64> {
-        let invalidation = batch_command(&scripts::INVALIDATE_BATCH, &entries, &self.channel);
-        let (invalidation, entries) = (&invalidation, &entries);
+        let entries = &entries;
+        let script = || batch_command(&scripts::INVALIDATE_BATCH, entries, &self.channel);
         // Idempotent (deletes only): one that timed out — its request lost
         // while the cluster client follows a slot being moved — is sent again.
         let mut attempt = 1;
@@ -287,7 +287,7 @@ impl RedisStore {
         loop {
             let sent = self
                 .call("invalidate batch", route, |conn| async move {
-                    self.batch(conn, entries, true, invalidation, &scripts::INVALIDATE_BATCH)
+                    self.batch(conn, entries, true, &scripts::INVALIDATE_BATCH, script)
                         .await
                 })
                 .await;
@@ -300,14 +300,14 @@ impl RedisStore {
 
     /// Sends one batch removal on `conn`: as a transaction on a single node
     /// (unless the user was found unable to publish), else as `script`, whose
-    /// `EVALSHA` is `cmd`. The count of `entries` that existed.
+    /// `EVALSHA` `command` builds. The count of `entries` that existed.
     async fn batch(
         &self,
         mut conn: Connection,
         entries: &[String],
         leases: bool,
-        cmd: &Cmd,
         script: &Script,
+        command: impl FnOnce() -> Cmd,
     ) -> RedisResult<u64> {
         // A cluster keeps the script: a transaction that meets a slot being
         // moved is refused whole, where the client follows a script's redirect.
@@ -330,7 +330,7 @@ impl RedisStore {
                 Err(error) => return Err(error),
             }
         }
-        evalsha(script, cmd, &mut conn).await
+        evalsha(script, &command(), &mut conn).await
     }
 
     /// Makes entries stale at once and revokes their leases with
@@ -362,25 +362,29 @@ impl RedisStore {
             .await
     }
 
-    /// Deletes entries sharing a hash slot (not their leases) with one
-    /// [`scripts::DELETE_BATCH`], which announces them; returns how many existed.
+    /// Deletes entries sharing a hash slot (not their leases) and announces
+    /// them: one transaction on a single node, else one
+    /// [`scripts::DELETE_BATCH`]; returns how many existed.
     async fn delete_batch(&self, keys: Vec<String>) -> Result<u64> {
-        let mut deletion = Cmd::with_capacity(
-            4 + keys.len(),
-            64 + keys.iter().map(|key| key.len() + 16).sum::<usize>(),
-        );
-        deletion
-            .arg("EVALSHA")
-            .arg(scripts::DELETE_BATCH.get_hash())
-            .arg(keys.len());
-        for key in &keys {
-            deletion.arg(key);
-        }
-        deletion.arg(&self.channel);
-        let (deletion, keys) = (&deletion, &keys);
+        let keys = &keys;
+        let script = || {
+            let mut deletion = Cmd::with_capacity(
+                4 + keys.len(),
+                64 + keys.iter().map(|key| key.len() + 16).sum::<usize>(),
+            );
+            deletion
+                .arg("EVALSHA")
+                .arg(scripts::DELETE_BATCH.get_hash())
+                .arg(keys.len());
+            for key in keys {
+                deletion.arg(key);
+            }
+            deletion.arg(&self.channel);
+            deletion
+        };
         let route = Route::Key(keys.first().map_or("", String::as_str));
         self.call("delete batch", route, |conn| async move {
-            self.batch(conn, keys, false, deletion, &scripts::DELETE_BATCH).await
+            self.batch(conn, keys, false, &scripts::DELETE_BATCH, script).await
         })
         .await
     }

@@ -128,13 +128,23 @@ enum Repr {
 }
 
 /// The argument segment of a function's key.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Args {
     /// The digest of the arguments' canonical JSON, written as 32 hex digits
     /// straight into the full key.
     Digest(u128),
     /// A rendered `key = "..."` template.
     Text(String),
+}
+
+impl std::fmt::Debug for Args {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // As the key shows it.
+            Args::Digest(digest) => write!(f, "Digest({digest:032x})"),
+            Args::Text(text) => f.debug_tuple("Text").field(text).finish(),
+        }
+    }
 }
 
 /// One piece of a `key = "..."` template: literal text, or an argument's rendered value.
@@ -509,6 +519,10 @@ mod tests {
         assert_eq!(
             key.render("aside", 1).unwrap(),
             "aside:computed:revenue_by_region:v1.1:6a8dd4d7e92c904ce2661629e20e6d38"
+        );
+        assert!(
+            format!("{key:?}").contains("Digest(6a8dd4d7e92c904ce2661629e20e6d38)"),
+            "{key:?}"
         );
     }
 

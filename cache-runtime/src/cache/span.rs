@@ -81,7 +81,7 @@ mod tests {
         tracing::subscriber::with_default(seen.clone(), || {
             let policy = crate::Policy::default().function("p:f");
             let span = call_span!("get_or_compute", policy);
-            let answer = futures_executor_block_on(within(&span, async { 42 }));
+            let answer = block_on(within(&span, async { 42 }));
             record(&span, "outcome", "hit");
             assert_eq!(answer, 42);
         });
@@ -95,11 +95,11 @@ mod tests {
         let policy = crate::Policy::default();
         let span = call_span!("get_or_compute", policy);
         assert!(span.is_disabled());
-        assert_eq!(futures_executor_block_on(within(&span, async { 7 })), 7);
+        assert_eq!(block_on(within(&span, async { 7 })), 7);
         record(&span, "outcome", "hit");
     }
 
-    fn futures_executor_block_on<F: Future>(future: F) -> F::Output {
+    fn block_on<F: Future>(future: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("a runtime")

@@ -40,6 +40,7 @@ pub(crate) const BEAT: Duration = Duration::from_millis(100);
 /// How long a heard heartbeat keeps the tier usable.
 pub(crate) const CONFIRMED_FOR: Duration = Duration::from_millis(500);
 
+/// `duration` in whole milliseconds, saturating.
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

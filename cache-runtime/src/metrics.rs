@@ -192,15 +192,18 @@ static UNNAMED_KEYS: LazyLock<CallKeys> =
 
 impl Sink for Exporter {
     fn event(&self, function: Option<&Function>, event: Event) {
+        let Some(name) = metric(event) else { return };
+        describe_once();
         let keys = match function {
             Some(function) => function.kept(CallKeys::new),
             None => Some(&*UNNAMED_KEYS),
         };
-        let Some(key) = keys.and_then(|keys| keys.get(event)) else {
-            return;
-        };
-        describe_once();
-        ::metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA)).increment(1);
+        match keys.and_then(|keys| keys.get(event)) {
+            Some(key) => ::metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA)).increment(1),
+            // The function keeps another sink's state (there is one sink per
+            // process, so never): the key is built on the spot.
+            None => ::metrics::counter!(name, FUNCTION_LABEL => label(function)).increment(1),
+        }
     }
 
     fn computed(&self, function: Option<&Function>, took: Duration) {

@@ -165,6 +165,17 @@ impl ServerCost {
                 // EVALSHA <sha> <numkeys>: the script's key count says which one.
                 let detail = if name.eq_ignore_ascii_case("evalsha") {
                     format!("EVALSHA with {} keys", args.get(2).map(text).unwrap_or_default())
+                } else if name.eq_ignore_ascii_case("del") || name.eq_ignore_ascii_case("unlink") {
+                    // SLOWLOG keeps 32 arguments, the last saying how many more there were.
+                    let more = args
+                        .last()
+                        .map(text)
+                        .and_then(|last| last.strip_prefix("... (")?.split(' ').next()?.parse::<usize>().ok());
+                    let keys = match more {
+                        Some(more) => args.len() - 2 + more,
+                        None => args.len() - 1,
+                    };
+                    format!("{name} of {keys} keys")
                 } else {
                     name
                 };
@@ -298,7 +309,7 @@ pub async fn pattern(s: &Settings, results: &mut Results) {
     let raw_keys: Vec<String> = (0..n).map(|id| format!("raw:patterned:{id}")).collect();
     println!(
         "# invalidate_pattern: {} matching entries among {} unrelated keys; aside: SCAN of leases then of entries, \
-         on each master side by side; a script per <= 500 leased entries (entry + lease), a DEL script per <= 1000 stored ones, removed while the scan goes on; raw: SCAN MATCH COUNT 1000 + DEL per batch; cached: async_cache_clear (SCAN COUNT 100 + DEL)",
+         on each master side by side; a batch per <= 500 leased entries (entry + lease), one per <= 1000 stored ones (MULTI/EXEC on one node, a script on a cluster), removed while the scan goes on; raw: SCAN MATCH COUNT 1000 + DEL per batch; cached: async_cache_clear (SCAN COUNT 100 + DEL)",
         size_label(n),
         size_label(s.pattern_background)
     );

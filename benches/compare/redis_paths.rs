@@ -185,7 +185,7 @@ pub async fn miss_path(s: &Settings, results: &mut Results) {
     let raw = raw_connection().await;
     println!(
         "# miss path: every call uses a fresh key and computes (≈ 0 s) and stores a ~1 KB value; \
-         aside: GET, lease, GET, store script; raw: GET, SET EX; cached: GET, then GET+PSETEX pipelined"
+         aside: GET, lease script (which also reads the entry), store script; raw: GET, SET EX; cached: GET, then GET+PSETEX pipelined"
     );
     for tasks in [1, 64] {
         let aside = Contender {

@@ -96,23 +96,36 @@ impl ToRedisArgs for LeaseOf<'_> {
     }
 }
 
-/// `EVALSHA` of a batch script whose KEYS are `entries` and then their leases,
-/// and whose ARGV are their count and `channel`: built in one buffer, without
-/// a copy of each key per step as `Script::invoke_async` makes.
-fn batch_command(script: &Script, entries: &[String], channel: &str) -> Cmd {
+/// The batch script that removes `entries`, and with `leases` their leases
+/// too, with its `EVALSHA`: KEYS the entries (then their leases), ARGV their
+/// count (with leases) and `channel`. Built in one buffer, without a copy of
+/// each key per step as `Script::invoke_async` makes.
+fn batch_command(entries: &[String], leases: bool, channel: &str) -> (&'static Script, Cmd) {
+    let (script, per_entry) = if leases {
+        (&*scripts::INVALIDATE_BATCH, 2)
+    } else {
+        (&*scripts::DELETE_BATCH, 1)
+    };
+    let keys = per_entry * entries.len();
     let mut cmd = Cmd::with_capacity(
-        5 + 2 * entries.len(),
-        64 + entries.iter().map(|entry| 2 * entry.len() + 32).sum::<usize>(),
+        5 + keys,
+        64 + entries
+            .iter()
+            .map(|entry| per_entry * (entry.len() + 16))
+            .sum::<usize>(),
     );
-    cmd.arg("EVALSHA").arg(script.get_hash()).arg(2 * entries.len());
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys);
     for entry in entries {
         cmd.arg(entry);
     }
-    for entry in entries {
-        cmd.arg(LeaseOf(entry));
+    if leases {
+        for entry in entries {
+            cmd.arg(LeaseOf(entry));
+        }
+        cmd.arg(entries.len());
     }
-    cmd.arg(entries.len()).arg(channel);
-    cmd
+    cmd.arg(channel);
+    (script, cmd)
 }
 
 /// The removal of `entries` (and, with `leases`, of their leases) as one
@@ -279,17 +292,13 @@ impl RedisStore {
     /// publish; returns how many entries existed.
     async fn remove_batch(&self, entries: Vec<String>) -> Result<u64> {
         let entries = &entries;
-        let script = || batch_command(&scripts::INVALIDATE_BATCH, entries, &self.channel);
         // Idempotent (deletes only): one that timed out — its request lost
         // while the cluster client follows a slot being moved — is sent again.
         let mut attempt = 1;
         let route = Route::Key(entries.first().map_or("", String::as_str));
         loop {
             let sent = self
-                .call("invalidate batch", route, |conn| async move {
-                    self.batch(conn, entries, true, &scripts::INVALIDATE_BATCH, script)
-                        .await
-                })
+                .call("invalidate batch", route, |conn| self.batch(conn, entries, true))
                 .await;
             match sent {
                 Err(Error::Timeout { .. }) if attempt < BATCH_ATTEMPTS => attempt += 1,
@@ -298,17 +307,11 @@ impl RedisStore {
         }
     }
 
-    /// Sends one batch removal on `conn`: as a transaction on a single node
-    /// (unless the user was found unable to publish), else as `script`, whose
-    /// `EVALSHA` `command` builds. The count of `entries` that existed.
-    async fn batch(
-        &self,
-        mut conn: Connection,
-        entries: &[String],
-        leases: bool,
-        script: &Script,
-        command: impl FnOnce() -> Cmd,
-    ) -> RedisResult<u64> {
+    /// Sends one batch removal of `entries` (with `leases`, of their leases
+    /// too) on `conn`: as a transaction on a single node (unless the user was
+    /// found unable to publish), else as the batch script
+    /// ([`batch_command`]). The count of `entries` that existed.
+    async fn batch(&self, mut conn: Connection, entries: &[String], leases: bool) -> RedisResult<u64> {
         // A cluster keeps the script: a transaction that meets a slot being
         // moved is refused whole, where the client follows a script's redirect.
         let single = matches!(conn, Connection::Single(_) | Connection::Sentinel(..));
@@ -330,7 +333,8 @@ impl RedisStore {
                 Err(error) => return Err(error),
             }
         }
-        evalsha(script, &command(), &mut conn).await
+        let (script, cmd) = batch_command(entries, leases, &self.channel);
+        evalsha(script, &cmd, &mut conn).await
     }
 
     /// Makes entries stale at once and revokes their leases with
@@ -367,26 +371,9 @@ impl RedisStore {
     /// [`scripts::DELETE_BATCH`]; returns how many existed.
     async fn delete_batch(&self, keys: Vec<String>) -> Result<u64> {
         let keys = &keys;
-        let script = || {
-            let mut deletion = Cmd::with_capacity(
-                4 + keys.len(),
-                64 + keys.iter().map(|key| key.len() + 16).sum::<usize>(),
-            );
-            deletion
-                .arg("EVALSHA")
-                .arg(scripts::DELETE_BATCH.get_hash())
-                .arg(keys.len());
-            for key in keys {
-                deletion.arg(key);
-            }
-            deletion.arg(&self.channel);
-            deletion
-        };
         let route = Route::Key(keys.first().map_or("", String::as_str));
-        self.call("delete batch", route, |conn| async move {
-            self.batch(conn, keys, false, &scripts::DELETE_BATCH, script).await
-        })
-        .await
+        self.call("delete batch", route, |conn| self.batch(conn, keys, false))
+            .await
     }
 
     /// Empties one detached tag set — this invalidation's, or one another left
@@ -590,7 +577,7 @@ mod tests {
     #[test]
     fn a_batch_names_each_entry_then_its_lease_as_lease_key_does() {
         let entries = vec!["aside:f:v1.1:x".to_owned(), "aside:g:v1.1:y".to_owned()];
-        let cmd = batch_command(&scripts::INVALIDATE_BATCH, &entries, "aside~stored");
+        let (_, cmd) = batch_command(&entries, true, "aside~stored");
         let args: Vec<Vec<u8>> = cmd
             .args_iter()
             .map(|arg| match arg {
@@ -611,6 +598,33 @@ mod tests {
         ]
         .into_iter()
         .map(String::into_bytes)
+        .collect();
+        assert_eq!(args, expected);
+    }
+
+    /// Without leases, the deletion script: KEYS the entries, ARGV the channel.
+    #[test]
+    fn a_deletion_names_the_entries_and_the_channel() {
+        let entries = vec!["aside:f:v1.1:x".to_owned(), "aside:g:v1.1:y".to_owned()];
+        let (script, cmd) = batch_command(&entries, false, "aside~stored");
+        assert_eq!(script.get_hash(), scripts::DELETE_BATCH.get_hash());
+        let args: Vec<Vec<u8>> = cmd
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let expected: Vec<Vec<u8>> = [
+            "EVALSHA",
+            scripts::DELETE_BATCH.get_hash(),
+            "2",
+            &entries[0],
+            &entries[1],
+            "aside~stored",
+        ]
+        .into_iter()
+        .map(|arg| arg.as_bytes().to_vec())
         .collect();
         assert_eq!(args, expected);
     }

@@ -198,3 +198,98 @@ fn one_runtime_per_thread() {
         "(hits, misses, backend errors)"
     );
 }
+
+/// The clients `server` has now, as `INFO clients` counts them.
+fn connected_clients(admin: &mut redis::Connection) -> usize {
+    let info: String = redis::cmd("INFO").arg("clients").query(admin).expect("INFO clients");
+    info.lines()
+        .find_map(|line| line.strip_prefix("connected_clients:"))
+        .and_then(|count| count.trim().parse().ok())
+        .expect("connected_clients in INFO")
+}
+
+/// Waits (up to 10 s) until `server` has `count` clients.
+fn until_clients(admin: &mut redis::Connection, count: usize, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while connected_clients(admin) != count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {} clients, expected {count}",
+            connected_clients(admin)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// A multi-thread runtime's calls go through a connection of their own, driven
+/// by that runtime's workers; it closes with the runtime, so a process that
+/// builds runtime after runtime keeps one store connection, not one per runtime
+/// it ever had, and each new runtime still gets hits and no errors.
+#[test]
+fn each_multi_thread_runtime_gets_a_connection_that_ends_with_it() {
+    use aside::{Cache, Plain, Policy};
+
+    let server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis_url(&server.url())
+        .namespace("lanes")
+        .build_lazy()
+        .expect("a lazy cache");
+    let policy = Policy::new(std::time::Duration::from_secs(300)).function("lanes:square");
+    let runs = std::sync::Arc::new(AtomicU64::new(0));
+    let square = |n: u64| {
+        let (cache, policy, runs) = (cache.clone(), policy.clone(), runs.clone());
+        async move {
+            let Plain(square) = cache
+                .get_or_compute(format!("square:{n}"), &policy, || async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Plain(n * n)
+                })
+                .await;
+            square
+        }
+    };
+    let mut admin = server.connection();
+    // The store's own connection, opened from a current-thread runtime.
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime");
+    assert_eq!(single.block_on(square(0)), 0);
+    drop(single);
+    let base = connected_clients(&mut admin);
+
+    for round in 1..=5 {
+        let runtime = tokio::runtime::Runtime::new().expect("a multi-thread runtime");
+        runtime.block_on(async {
+            assert_eq!(square(round).await, round * round);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            // The runtime's own connection opens beside the store's.
+            while connected_clients(&mut admin) != base + 1 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: no connection of the runtime's own"
+                );
+                assert_eq!(square(round).await, round * round);
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            for n in 0..=round {
+                assert_eq!(
+                    square(n).await,
+                    n * n,
+                    "round {round}: served through the runtime's connection"
+                );
+            }
+        });
+        drop(runtime);
+        until_clients(&mut admin, base, &format!("after runtime {round} ended"));
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        6,
+        "each square computed once, whatever the runtime"
+    );
+    let counters = cache.stats().function("lanes:square");
+    assert_eq!(counters.backend_errors, 0, "{counters:?}");
+    assert_eq!(counters.misses, 6, "{counters:?}");
+}

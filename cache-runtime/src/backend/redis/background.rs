@@ -4,10 +4,12 @@
 //! Everything of the store that outlives one request runs there: the redis-rs
 //! connection driver (and its reconnections), the cluster connection's driver,
 //! the connect task, the pub/sub listener, and futures handed to
-//! [`Background::spawn`]. Requests from the callers' runtimes only talk to those
+//! [`Background::spawn`]. Requests through that connection only talk to those
 //! tasks through channels, so a caller's runtime may be dropped, replaced,
 //! current-thread or one of many (guarantee 11): nothing the store needs dies
-//! with it.
+//! with it. (A request made on a multi-thread runtime may instead take that
+//! runtime's own connection, which dies with it and is replaced by nothing the
+//! store needs: see [`lanes`](super::lanes).)
 //!
 //! redis-rs spawns some of its work on whatever runtime is current when it
 //! notices a lost connection, inside a caller's request. [`Background::enter`]

@@ -3,20 +3,23 @@
 //! multiplexed connection to the master that Redis Sentinel names), shared by
 //! every call and re-established when it breaks, plus one pub/sub subscriber
 //! that wakes waiters when entries are stored. Their background work runs on
-//! the store's own thread ([`background`]), never on a caller's runtime.
+//! the store's own thread ([`background`]), never on a caller's runtime. On a
+//! single node, requests made on a multi-thread runtime take that runtime's
+//! own connection of the store instead ([`lanes`]), which closes with it.
 //!
 //! This file holds the store and its per-call path (the breaker, timeouts, the
 //! wedged-connection check) and the [`Backend`] methods; beside it:
 //! [`connection`] (opening the connection, re-sending what a migrating slot
 //! turned away), [`invalidate`] (batched removals and expiries, and their
 //! re-delivery), [`scripts`], [`notify`] (the subscriber), [`l1`] (the tiered
-//! store's first tier), [`nodes`] (a breaker per cluster master) and
-//! [`sentinel`].
+//! store's first tier), [`lanes`] (connections on the callers' runtimes),
+//! [`nodes`] (a breaker per cluster master) and [`sentinel`].
 
 mod background;
 mod connection;
 mod invalidate;
 pub(crate) mod l1;
+mod lanes;
 mod nodes;
 mod notify;
 mod scripts;
@@ -52,6 +55,9 @@ pub(crate) struct RedisStore {
     /// Replaced (by a fresh, empty cell) when a cluster connection is wedged
     /// (see [`RedisStore::replace_wedged`]) or a sentinel's master changes.
     connection: std::sync::RwLock<Arc<OnceCell<Connection>>>,
+    /// On a single node (not behind Sentinel): the connections opened on the
+    /// callers' multi-thread runtimes, which their requests take ([`lanes`]).
+    lanes: Option<Arc<lanes::Lanes>>,
     /// Under Redis Sentinel: the sentinels' announcements of a new master.
     switches: Option<sentinel::Watch>,
     /// The count of switches the breaker last heard of: a new master is worth
@@ -104,8 +110,11 @@ impl RedisStore {
         let switches = target
             .sentinel()
             .map(|sentinel| sentinel::Watch::new(Arc::clone(sentinel), tls_ca.clone()));
+        let lanes = (target.cluster_nodes().is_none() && target.sentinel().is_none())
+            .then(|| lanes::Lanes::new(target.clone(), tls_ca.clone(), settings.op_timeout));
         RedisStore {
             l1,
+            lanes,
             listening: std::sync::atomic::AtomicBool::new(false),
             target,
             tls_ca,
@@ -308,12 +317,15 @@ impl RedisStore {
             return Err(Error::CircuitOpen);
         };
         let cell = self.usable_cell();
+        let lane = self.lanes.as_ref().and_then(|lanes| lanes.current());
+        let on_lane = lane.is_some();
         let attempt = async {
-            let connection = self.connection_in(&cell).await?;
+            let connection = match lane {
+                Some(connection) => connection,
+                None => self.connection_in(&cell).await?,
+            };
             request(connection).await.map_err(|source| Error::Redis { op, source })
         };
-        // Polled as a task of the store's runtime would be: what redis-rs spawns
-        // on a lost connection, and the timer, belong to the store.
         let bounded = async {
             match tokio::time::timeout(self.op_timeout, attempt).await {
                 Ok(result) => result,
@@ -326,7 +338,15 @@ impl RedisStore {
         // Boxed: a Redis request's future (connection, timer, codec) is a few
         // kilobytes, and every future that awaits a store call would otherwise
         // carry it inline and move it — a hit served in process memory too.
-        let result = self.background.enter(Box::pin(bounded)).await;
+        let bounded = Box::pin(bounded);
+        let result = if on_lane {
+            // On the caller's runtime, whose workers drive the lane.
+            bounded.await
+        } else {
+            // Polled as a task of the store's runtime would be: what redis-rs
+            // spawns on a lost connection, and the timer, belong to the store.
+            self.background.enter(bounded).await
+        };
         // A request still told `TRYAGAIN` at the end of the operation timeout
         // (a slot half-migrated) says nothing either way: it neither opens the
         // breaker for every key nor counts as Redis answering (`None`). Still

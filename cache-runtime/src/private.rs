@@ -6,6 +6,7 @@ pub use crate::key::{short_type_name, Key, Piece};
 pub use crate::outcome::{Adaptive, Outcome, Plain};
 pub use crate::policy::Policy;
 pub use crate::share::{ByClone, ByDecode, Cloned, Decode, Probe as SharingProbe, Sharing};
+pub use crate::stats::FunctionSite;
 pub use crate::status::CacheStatus;
 pub use serde::de::DeserializeOwned;
 pub use serde::Serialize;
@@ -37,6 +38,12 @@ where
     S: Sharing<O::Value>,
 {
     cache.get_or_compute_sharing(key, policy, share, compute).await
+}
+
+/// `policy`, its function's calls counted through `site`: a static of the
+/// call site, whose function name is a literal.
+pub fn counted_at(policy: Policy, site: &'static FunctionSite) -> Policy {
+    policy.counted_at(site)
 }
 
 /// Passes a cached function's computation through, requiring its result to be an

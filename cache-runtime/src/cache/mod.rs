@@ -384,7 +384,7 @@ impl Cache {
         Fut: Future<Output = O>,
         S: Sharing<O::Value>,
     {
-        let probe = self.inner.stats.probe(policy.function_name());
+        let probe = self.inner.stats.probe_for(policy);
         let span = call_span!("get_or_compute", policy);
         let outcome = match self.call_key(key.into(), policy, &probe, &span) {
             Ok(entry) => {
@@ -432,7 +432,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = O>,
     {
-        let probe = self.inner.stats.probe(policy.function_name());
+        let probe = self.inner.stats.probe_for(policy);
         let span = call_span!("refresh", policy);
         let outcome = match self.call_key(key.into(), policy, &probe, &span) {
             Ok(entry) => {

@@ -8,7 +8,10 @@
 //! ```text
 //! let __aside_cache: &Cache = &(<cache>);            // or __private::global()
 //! let __aside_key = digest_2("computed", "revenue", 1u32, &[], &region, &month);
-//! let __aside_policy = Policy::new(ttl).function("computed:revenue").tag([Piece::Lit("orders")]);
+//! let __aside_policy = counted_at(
+//!     Policy::new(ttl).function("computed:revenue").tag([Piece::Lit("orders")]),
+//!     { static __ASIDE_SITE: FunctionSite = FunctionSite::new(); &__ASIDE_SITE },  // the counters' memo
+//! );
 //! let (__aside_output, __aside_status) = get_or_compute(
 //!     __aside_cache, __aside_key, &__aside_policy,
 //!     (&SharingProbe::<Report>::new()).sharing(),    // or Decode
@@ -560,6 +563,17 @@ impl Plan {
         for tag in &self.tags {
             let pieces = self.pieces(tag, Use::Tag, OneId::Value);
             policy.extend(quote!(.tag([#(#pieces),*])));
+        }
+        if let Name::Fixed(_) = self.name {
+            // The function's name is the same on every call (and in every
+            // instantiation, which share the static): the site remembers
+            // where its counters are.
+            policy = quote! {
+                #private::counted_at(#policy, {
+                    static __ASIDE_SITE: #private::FunctionSite = #private::FunctionSite::new();
+                    &__ASIDE_SITE
+                })
+            };
         }
         policy
     }

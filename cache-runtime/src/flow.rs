@@ -21,7 +21,7 @@ use crate::lock::REFRESH_BACKOFF;
 use crate::outcome::Outcome;
 use crate::policy::{clamp, jittered, Policy, MIN_TTL};
 use crate::redact::Redacted;
-use crate::share::{Decode, Sharing};
+use crate::share::{Decode, InProcess, Sharing};
 use crate::stats::{Event, Probe};
 
 /// What every call of one cache shares.
@@ -61,12 +61,10 @@ pub(crate) struct Call<'c, F, S = Decode> {
     policy: &'c Policy,
     probe: &'c Probe<'c>,
     entry: &'c str,
-    lease: Lease<'c>,
-    /// When the call started: which shared values it may take (see [`Landing::value_for`]).
+    /// When the call started — after a fresh entry kept in this process was
+    /// looked for, which needs no clock (see [`lookup`]): which shared values
+    /// it may take (see [`Landing::value_for`]), and its [`deadline`](Call::deadline).
     started: Instant,
-    /// When it stops waiting for another's computation: one deadline for the
-    /// whole call, however it waits.
-    deadline: Instant,
     waited: bool,
     compute: F,
     /// How a hit on an in-process entry hands out its decoded value.
@@ -93,9 +91,7 @@ where
             policy,
             probe,
             entry,
-            lease: lease_of(shared, entry, policy),
             started,
-            deadline: after(started, policy.wait_limit()),
             waited: false,
             compute,
             share: Decode,
@@ -109,9 +105,7 @@ where
             policy: self.policy,
             probe: self.probe,
             entry: self.entry,
-            lease: self.lease,
             started: self.started,
-            deadline: self.deadline,
             waited: self.waited,
             compute: self.compute,
             share,
@@ -126,28 +120,45 @@ where
     Fut: Future<Output = O>,
     S: Sharing<O::Value>,
 {
-    /// `get_or_compute`: a hit, a stale value, or a miss.
-    pub(crate) async fn lookup(self) -> O {
-        let found = self.read().await;
+    /// The entry's lease terms: built when the call needs the lease, which a hit never does.
+    fn lease(&self) -> Lease<'c> {
+        lease_of(self.shared, self.entry, self.policy)
+    }
+
+    /// When the call stops waiting for another's computation: one deadline for
+    /// the whole call, however it waits.
+    fn deadline(&self) -> Instant {
+        after(self.started, self.policy.wait_limit())
+    }
+
+    /// `get_or_compute` once [`kept_fresh`] did not answer: a hit, a stale
+    /// value, or a miss. `held`: the entry this process holds, if any.
+    async fn lookup_past(self, held: Option<InProcess>) -> O {
+        let found = self.read_from(Start::Looked(held)).await;
         self.answer(found).await
     }
 
-    /// What the store holds for the entry. The future borrows the call's parts,
-    /// not the call (whose computation need not be `Sync`).
+    /// What the store holds for the entry.
     pub(crate) fn read(&self) -> impl Future<Output = Found<O::Value>> + 'c {
+        self.read_from(Start::Here)
+    }
+
+    /// What the store holds for the entry, the read starting at `start`. The
+    /// future borrows the call's parts, not the call (whose computation need
+    /// not be `Sync`).
+    fn read_from(&self, start: Start) -> impl Future<Output = Found<O::Value>> + 'c {
         let (shared, entry, policy, probe, share) = (self.shared, self.entry, self.policy, self.probe, self.share);
         async move {
-            let (stored, held) = match shared.store.in_process(entry) {
-                Some(held) => {
-                    if let Some(kept) = held.decoded.take_fresh(share) {
-                        if held.copy {
-                            probe.record(Event::L1Hit);
-                        }
-                        return Found::Fresh(kept);
-                    }
-                    (Ok(Some(held.bytes.clone())), Some(held))
-                }
-                None => (shared.store.get(entry).await, None),
+            let held = match start {
+                Start::Here => match kept_fresh(shared, entry, share, probe) {
+                    Ok(kept) => return Found::Fresh(kept),
+                    Err(held) => held,
+                },
+                Start::Looked(held) => held,
+            };
+            let stored = match &held {
+                Some(held) => Ok(Some(held.bytes.clone())),
+                None => shared.store.get(entry).await,
             };
             match stored {
                 Ok(Some(bytes)) => match shared.codec.decode::<O::Value>(entry, &bytes, probe) {
@@ -202,7 +213,7 @@ where
     /// [`REFRESH_BACKOFF`], so the callers that
     /// follow are served the old value instead of each trying again.
     pub(crate) async fn refresh_in_background(self) -> Option<O> {
-        match self.lease.take().await {
+        match self.lease().take().await {
             Ok(Some((held, stored))) => {
                 let now = entry::unix_ms(std::time::SystemTime::now());
                 let newer = stored
@@ -224,7 +235,7 @@ where
 
     /// `refresh`: takes the lease even from a computation in flight, computes and stores.
     pub(crate) async fn overwrite(self) -> O {
-        match self.lease.steal().await {
+        match self.lease().steal().await {
             Ok(held) => self.compute_leased(held, None, false).await,
             Err(_) => {
                 self.probe.record(Event::BackendError);
@@ -241,7 +252,7 @@ where
                 Role::Leader(pilot) => return self.lead(pilot).await,
                 Role::Follower(follower) => {
                     self.note_wait();
-                    let landing = match follower.landing(Some(self.deadline)).await {
+                    let landing = match follower.landing(Some(self.deadline())).await {
                         Ok(landing) => landing,
                         Err(_) => return self.give_up().await,
                     };
@@ -283,7 +294,7 @@ where
     /// process that holds it.
     async fn lead(mut self, pilot: Pilot) -> O {
         loop {
-            match self.lease.take().await {
+            match self.lease().take().await {
                 Ok(Some((held, stored))) => {
                     // Another process may have stored between our miss and our lease.
                     if let Some(value) =
@@ -298,7 +309,7 @@ where
                     self.note_wait();
                     let (codec, entry) = (&self.shared.codec, self.entry);
                     let accept = |bytes: Bytes| codec.fresh::<O::Value>(entry, &bytes);
-                    match self.lease.wait_for_value(self.deadline, accept).await {
+                    match self.lease().wait_for_value(self.deadline(), accept).await {
                         Ok(Some(value)) => return O::from_cached(value),
                         Ok(None) => continue,
                         Err(Waited::TimedOut) => {
@@ -323,7 +334,7 @@ where
     /// that caller when its recomputation fails, gets the old value.
     async fn revalidate(self, old: O::Value) -> O {
         let (probe, entry) = (self.probe, self.entry);
-        match self.lease.take().await {
+        match self.lease().take().await {
             Ok(Some((held, stored))) => {
                 // Someone may have refreshed it between our read and our lease.
                 if let Some(value) = stored.and_then(|bytes| self.shared.codec.fresh::<O::Value>(entry, &bytes)) {
@@ -360,7 +371,8 @@ where
             let (fresh, lifetime) = terms(
                 self.policy,
                 &self.shared.settings,
-                self.lease.lifetime,
+                // Fields, not `self.lease()`: the computation was moved out.
+                lease_of(self.shared, self.entry, self.policy).lifetime,
                 outcome.fresh_for(),
             );
             self.shared
@@ -497,6 +509,69 @@ pub(crate) fn lease_of<'c>(shared: &'c Shared, entry: &'c str, policy: &'c Polic
         ceiling: settings.max_ttl,
         ttl: clamp(policy.lock_lease(), settings.max_ttl).ttl,
     }
+}
+
+/// `get_or_compute`: a fresh entry kept decoded in this process answers at
+/// once — no clock read, no lease terms, no [`Call`]; any other goes through
+/// a call: a hit decoding the bytes, a stale value, or a miss.
+pub(crate) async fn lookup<O, F, Fut, S>(
+    shared: &Shared,
+    entry: &str,
+    policy: &Policy,
+    probe: &Probe<'_>,
+    share: S,
+    compute: F,
+) -> O
+where
+    O: Outcome,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = O>,
+    S: Sharing<O::Value>,
+{
+    match kept_fresh(shared, entry, share, probe) {
+        Ok(kept) => {
+            probe.record(Event::Hit);
+            O::from_cached(kept.value)
+        }
+        Err(held) => {
+            Call::new(shared, entry, policy, probe, compute)
+                .sharing(share)
+                .lookup_past(held)
+                .await
+        }
+    }
+}
+
+/// The entry this process holds (the memory store's own, or the tiered
+/// store's copy) if it is fresh and its value is kept decoded, handed out as
+/// `share` says (a tiered copy's counts as an L1 hit). Otherwise `Err` with
+/// the entry held, whose bytes are to be decoded, or `None`: the store is asked.
+fn kept_fresh<T, S: Sharing<T>>(
+    shared: &Shared,
+    entry: &str,
+    share: S,
+    probe: &Probe<'_>,
+) -> Result<Entry<T>, Option<InProcess>> {
+    let Some(held) = shared.store.in_process(entry) else {
+        return Err(None);
+    };
+    match held.decoded.take_fresh(share) {
+        Some(kept) => {
+            if held.copy {
+                probe.record(Event::L1Hit);
+            }
+            Ok(kept)
+        }
+        None => Err(Some(held)),
+    }
+}
+
+/// Where a call's read starts.
+enum Start {
+    /// In this process's memory ([`kept_fresh`]).
+    Here,
+    /// Past it: what it holds of the entry, if anything.
+    Looked(Option<InProcess>),
 }
 
 /// What the store holds for one entry, as a call sees it.

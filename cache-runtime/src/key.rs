@@ -97,6 +97,16 @@ use floats::Tagged;
 /// Bytes of a rendered value left as they are; everything else is percent-encoded.
 const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
 
+/// Whether a function key's `prefix` and `name` are known to be key segments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Segments {
+    /// Text from anywhere: checked with [`is_key_segment`] when the key is built.
+    Unchecked,
+    /// Literals `#[cached]` checked at compile time by the same rule (its
+    /// `SEGMENT_RESERVED`, pinned to this module's): not checked again on every call.
+    Checked,
+}
+
 /// Where an entry lives, before the cache adds its namespace and key version.
 ///
 /// Built by `#[cached]` for each call, or by hand:
@@ -190,8 +200,19 @@ impl Key {
         version: u32,
         args: &A,
     ) -> Key {
+        Key::digest_of(Segments::Unchecked, prefix.into(), name.into(), version, args)
+    }
+
+    /// [`Key::digest`], its `prefix` and `name` checked as `segments` says.
+    pub(crate) fn digest_of<A: Serialize + ?Sized>(
+        segments: Segments,
+        prefix: Cow<'static, str>,
+        name: Cow<'static, str>,
+        version: u32,
+        args: &A,
+    ) -> Key {
         match canonical_digest(args) {
-            Ok(digest) => Key::function(prefix.into(), name.into(), version, Args::Digest(digest)),
+            Ok(digest) => Key::function(segments, prefix, name, version, Args::Digest(digest)),
             Err(e) => Key(Repr::Invalid(e.to_string())),
         }
     }
@@ -207,18 +228,37 @@ impl Key {
         version: u32,
         pieces: impl IntoIterator<Item = Piece>,
     ) -> Key {
+        Key::template_of(Segments::Unchecked, prefix.into(), name.into(), version, pieces)
+    }
+
+    /// [`Key::template`], its `prefix` and `name` checked as `segments` says.
+    pub(crate) fn template_of(
+        segments: Segments,
+        prefix: Cow<'static, str>,
+        name: Cow<'static, str>,
+        version: u32,
+        pieces: impl IntoIterator<Item = Piece>,
+    ) -> Key {
         match concat(pieces) {
-            Ok(args) => Key::function(prefix.into(), name.into(), version, Args::Text(args)),
+            Ok(args) => Key::function(segments, prefix, name, version, Args::Text(args)),
             Err(problem) => Key(Repr::Invalid(problem)),
         }
     }
 
-    fn function(prefix: Cow<'static, str>, name: Cow<'static, str>, version: u32, args: Args) -> Key {
-        for (what, segment) in [("prefix", &prefix), ("name", &name)] {
-            if !is_key_segment(segment) {
-                return Key(Repr::Invalid(format!(
-                    "{what} `{segment}` must be non-empty, without white space, braces or glob characters"
-                )));
+    fn function(
+        segments: Segments,
+        prefix: Cow<'static, str>,
+        name: Cow<'static, str>,
+        version: u32,
+        args: Args,
+    ) -> Key {
+        if segments == Segments::Unchecked {
+            for (what, segment) in [("prefix", &prefix), ("name", &name)] {
+                if !is_key_segment(segment) {
+                    return Key(Repr::Invalid(format!(
+                        "{what} `{segment}` must be non-empty, without white space, braces or glob characters"
+                    )));
+                }
             }
         }
         Key(Repr::Function {
@@ -286,6 +326,11 @@ impl Key {
 }
 
 fn push_decimal(out: &mut String, mut n: u32) {
+    // Versions are small: most are one digit.
+    if n < 10 {
+        out.push(char::from(b'0' + n as u8));
+        return;
+    }
     let mut digits = [0u8; 10];
     let mut at = digits.len();
     loop {
@@ -466,15 +511,26 @@ pub(crate) fn digest_hex(text: &str) -> String {
 
 /// Appends `digest` as 32 lowercase hex digits.
 fn push_hex(text: &mut String, digest: u128) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut hex = [0u8; 32];
+    // On every call's path: two digits per lookup.
     for (pair, byte) in hex.chunks_exact_mut(2).zip(digest.to_be_bytes()) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0xf)];
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
     }
     // Hex digits are ASCII: this is all of them.
     text.push_str(std::str::from_utf8(&hex).unwrap_or_default());
 }
+
+/// Each byte's two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [HEX[byte >> 4], HEX[byte & 0xf]];
+        byte += 1;
+    }
+    pairs
+};
 
 /// The key of something that must share a hash slot with `entry` (its lease, its
 /// metadata): `{entry}:suffix`. Entry keys never contain braces, so the whole entry

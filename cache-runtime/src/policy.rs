@@ -3,6 +3,8 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
+use crate::stats::FunctionSite;
+
 /// How `get_or_compute` caches one call: the arguments of `#[cached]`, as a value.
 ///
 /// ```
@@ -35,6 +37,27 @@ pub struct Policy {
     /// Why a tag could not be rendered: the call then computes without the cache,
     /// since an entry missing a tag could survive that tag's invalidation.
     unusable: Option<String>,
+    /// Where `#[cached]` remembers the function's counters.
+    site: Site,
+}
+
+/// The [`FunctionSite`] of the `#[cached]` call site that built a policy. A
+/// memo, not a term of the policy: policies compare equal whatever it holds.
+#[derive(Clone, Copy, Default)]
+struct Site(Option<&'static FunctionSite>);
+
+impl PartialEq for Site {
+    fn eq(&self, _: &Site) -> bool {
+        true
+    }
+}
+
+impl Eq for Site {}
+
+impl std::fmt::Debug for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Site(..)" } else { "Site(None)" })
+    }
 }
 
 /// The fresh lifetime of a `Policy::default()` and of `#[cached]` without `ttl`.
@@ -82,6 +105,7 @@ impl Policy {
             function: None,
             tags: Vec::new(),
             unusable: None,
+            site: Site(None),
         }
     }
 
@@ -323,6 +347,18 @@ impl Policy {
     /// The statistics name, if any.
     pub fn function_name(&self) -> Option<&str> {
         self.function.as_deref()
+    }
+
+    /// Counts the function's calls through `site`, a static of the `#[cached]`
+    /// call site that built this policy (see [`FunctionSite`]).
+    pub(crate) fn counted_at(mut self, site: &'static FunctionSite) -> Policy {
+        self.site = Site(Some(site));
+        self
+    }
+
+    /// The call site's memo of the function's counters, if `#[cached]` built this policy.
+    pub(crate) fn site(&self) -> Option<&'static FunctionSite> {
+        self.site.0
     }
 
     /// The tags.

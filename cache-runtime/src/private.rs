@@ -6,12 +6,15 @@ pub use crate::key::{short_type_name, Key, Piece};
 pub use crate::outcome::{Adaptive, Outcome, Plain};
 pub use crate::policy::Policy;
 pub use crate::share::{ByClone, ByDecode, Cloned, Decode, Probe as SharingProbe, Sharing};
+pub use crate::stats::FunctionSite;
 pub use crate::status::CacheStatus;
 pub use serde::de::DeserializeOwned;
 pub use serde::Serialize;
 pub use std::time::Duration;
 
 use std::borrow::Cow;
+
+use crate::key::Segments;
 
 /// The global cache.
 pub fn global() -> &'static Cache {
@@ -35,6 +38,12 @@ where
     S: Sharing<O::Value>,
 {
     cache.get_or_compute_sharing(key, policy, share, compute).await
+}
+
+/// `policy`, its function's calls counted through `site`: a static of the
+/// call site, whose function name is a literal.
+pub fn counted_at(policy: Policy, site: &'static FunctionSite) -> Policy {
+    policy.counted_at(site)
 }
 
 /// Passes a cached function's computation through, requiring its result to be an
@@ -74,45 +83,73 @@ pub fn key_piece<T: KeyArg + ?Sized>(value: &T) -> Piece {
     Piece::value(value)
 }
 
+/// A function key's `name` as `#[cached]` passes it: a literal
+/// (`&'static str`), checked at compile time like its `prefix` (always a
+/// literal), or a method's `Type::method` (`String`), built — and so checked —
+/// at run time. Keys built on every call skip re-checking the literals.
+pub trait KeyName: Into<Cow<'static, str>> {
+    /// Whether this name is a literal the macro checked.
+    const CHECKED_LITERAL: bool;
+}
+
+/// How the segments of a key named `N` are checked.
+fn segments<N: KeyName>() -> Segments {
+    if N::CHECKED_LITERAL {
+        Segments::Checked
+    } else {
+        Segments::Unchecked
+    }
+}
+
+impl KeyName for &'static str {
+    const CHECKED_LITERAL: bool = true;
+}
+
+impl KeyName for String {
+    const CHECKED_LITERAL: bool = false;
+}
+
 /// [`Key::digest`] of `args`, told apart by `types`: what distinguishes one
 /// instantiation of a generic function or method from another (the
 /// `std::any::type_name` of `Self` and of each type parameter, a const parameter's
 /// value, the type of an `impl Trait` argument). Without types, exactly
 /// [`Key::digest`], so the keys of non-generic free functions do not change; with
 /// them, the digest of `[args, types]`.
-pub fn digest_typed<A: Serialize + ?Sized>(
+pub fn digest_typed<A: Serialize + ?Sized, N: KeyName>(
     prefix: &'static str,
-    name: impl Into<Cow<'static, str>>,
+    name: N,
     version: u32,
     types: &[&str],
     args: &A,
 ) -> Key {
+    let (segments, prefix, name) = (segments::<N>(), Cow::Borrowed(prefix), name.into());
     if types.is_empty() {
-        Key::digest(prefix, name, version, args)
+        Key::digest_of(segments, prefix, name, version, args)
     } else {
-        Key::digest(prefix, name, version, &(args, types))
+        Key::digest_of(segments, prefix, name, version, &(args, types))
     }
 }
 
 /// [`Key::template`] of `pieces`, told apart by `types` as for [`digest_typed`]:
 /// with types, the rendering is followed by `:` and the digest of their JSON array
 /// (no rendered value contains `:`, so no value can forge that suffix).
-pub fn template_typed(
+pub fn template_typed<N: KeyName>(
     prefix: &'static str,
-    name: impl Into<Cow<'static, str>>,
+    name: N,
     version: u32,
     types: &[&str],
     pieces: impl IntoIterator<Item = Piece>,
 ) -> Key {
+    let (segments, prefix, name) = (segments::<N>(), Cow::Borrowed(prefix), name.into());
     if types.is_empty() {
-        return Key::template(prefix, name, version, pieces);
+        return Key::template_of(segments, prefix, name, version, pieces);
     }
     let types = match serde_json::to_string(types) {
         Ok(json) => Ok(crate::key::digest_hex(&json)),
         Err(error) => Err(error.to_string()),
     };
     let suffix = [Piece::Lit(":"), Piece::Value(types)];
-    Key::template(prefix, name, version, pieces.into_iter().chain(suffix))
+    Key::template_of(segments, prefix, name, version, pieces.into_iter().chain(suffix))
 }
 
 /// [`digest_typed`] of the tuple of the key arguments, with one generic parameter
@@ -122,9 +159,9 @@ macro_rules! digests {
     ($($name:ident($($arg:ident: $ty:ident),*) $doc:literal;)*) => {$(
         #[doc = $doc]
         #[allow(clippy::too_many_arguments)]
-        pub fn $name<$($ty: KeyArg + ?Sized),*>(
+        pub fn $name<$($ty: KeyArg + ?Sized,)* N: KeyName>(
             prefix: &'static str,
-            name: impl Into<Cow<'static, str>>,
+            name: N,
             version: u32,
             types: &[&str],
             $($arg: &$ty),*
@@ -162,4 +199,23 @@ pub async fn invalidate_many(cache: &Cache, keys: impl IntoIterator<Item = Key>)
         }
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_built_at_run_time_are_checked_and_literals_keep_their_keys() {
+        // A method's `Type::method` is built at run time: a type name that is no
+        // key segment makes the key fail.
+        let built = digest_1("p", String::from("[u8]::len"), 1, &[], &1);
+        assert!(built.render("ns", 1).is_err());
+        let built = digest_1("p", String::from("Report::total"), 1, &[], &1);
+        let literal = digest_1("p", "Report::total", 1, &[], &1);
+        assert_eq!(built, literal);
+        assert_eq!(literal, Key::digest("p", "Report::total", 1, &(&1,)));
+        let template = template_typed("p", "n", 1, &[], [Piece::Lit("a")]);
+        assert_eq!(template.render("ns", 1).unwrap(), "ns:p:n:v1.1:a");
+    }
 }

@@ -12,6 +12,7 @@
 use std::any::Any;
 use std::marker::PhantomData;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::entry::Entry;
 
@@ -102,7 +103,29 @@ impl<T> ByDecode for &Probe<T> {
 /// The decoded value of one in-process entry, set by the first hit that
 /// decodes its bytes (they never change: a new value is a new entry).
 #[derive(Clone, Default)]
-pub(crate) struct Decoded(Arc<OnceLock<(u64, Box<Kept>)>>);
+pub(crate) struct Decoded(Arc<OnceLock<KeptEntry>>);
+
+/// A kept value and when it stops being fresh.
+struct KeptEntry {
+    fresh_until_ms: u64,
+    /// `fresh_until_ms` as a `SystemTime` (`None` past what one can hold):
+    /// every hit compares the clock with it as it is read, rather than
+    /// converting the clock to milliseconds since the epoch. The same test:
+    /// `now < epoch + n ms` exactly when `unix_ms(now) < n`, as `unix_ms`
+    /// rounds down.
+    fresh_until: Option<SystemTime>,
+    value: Box<Kept>,
+}
+
+impl KeptEntry {
+    fn is_fresh(&self) -> bool {
+        let now = SystemTime::now();
+        match self.fresh_until {
+            Some(until) => now < until,
+            None => self.fresh_until_ms > crate::entry::unix_ms(now),
+        }
+    }
+}
 
 impl std::fmt::Debug for Decoded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -114,13 +137,13 @@ impl Decoded {
     /// The kept entry, if it is still fresh, a `T`, and `share` hands it out.
     /// (A stale one is decoded again from the bytes, as stale.)
     pub(crate) fn take_fresh<T>(&self, share: impl Sharing<T>) -> Option<Entry<T>> {
-        let (fresh_until_ms, kept) = self.0.get()?;
-        if *fresh_until_ms <= crate::entry::unix_ms(std::time::SystemTime::now()) {
+        let kept = self.0.get()?;
+        if !kept.is_fresh() {
             return None;
         }
         Some(Entry {
-            value: share.take(kept.as_ref())?,
-            fresh_until_ms: *fresh_until_ms,
+            value: share.take(kept.value.as_ref())?,
+            fresh_until_ms: kept.fresh_until_ms,
         })
     }
 
@@ -131,7 +154,11 @@ impl Decoded {
         }
         if let Some(kept) = share.keep(&entry.value) {
             // A concurrent hit kept the same value first: either is right.
-            let _ = self.0.set((entry.fresh_until_ms, kept));
+            let _ = self.0.set(KeptEntry {
+                fresh_until_ms: entry.fresh_until_ms,
+                fresh_until: UNIX_EPOCH.checked_add(Duration::from_millis(entry.fresh_until_ms)),
+                value: kept,
+            });
         }
     }
 }
@@ -208,6 +235,31 @@ mod tests {
             },
         );
         assert!(decoded.take_fresh::<Report>(Cloned).is_none());
+    }
+
+    #[test]
+    fn a_kept_value_is_fresh_until_its_millisecond() {
+        let now = crate::entry::unix_ms(SystemTime::now());
+        for (fresh_until_ms, fresh) in [
+            (now + 60_000, true),
+            (now.saturating_sub(1), false),
+            (0, false),
+            (FAR, true),
+        ] {
+            let decoded = Decoded::default();
+            decoded.keep(
+                Cloned,
+                &Entry {
+                    value: Report(vec![1]),
+                    fresh_until_ms,
+                },
+            );
+            assert_eq!(
+                decoded.take_fresh::<Report>(Cloned).is_some(),
+                fresh,
+                "{fresh_until_ms}"
+            );
+        }
     }
 
     #[test]

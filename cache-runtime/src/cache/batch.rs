@@ -111,7 +111,7 @@ impl Cache {
         F: FnMut(Vec<I>) -> Fut,
         Fut: Future<Output = Result<HashMap<I, T>, E>>,
     {
-        let probe = self.inner.stats.probe(policy.function_name());
+        let probe = self.inner.stats.probe_for(policy);
         let span = call_span!("get_many_or_compute", policy);
         // One entry per id (the last key given for an id wins); ids without a
         // usable key are computed, never stored.

@@ -110,7 +110,7 @@ impl Cache {
             // Nothing would run in the background.
             return self.get_or_compute_with_status(key, policy, compute).await;
         }
-        let probe = self.inner.stats.probe(policy.function_name());
+        let probe = self.inner.stats.probe_for(policy);
         let span = call_span!("get_or_compute", policy);
         let Ok(entry) = self.call_key(key.into(), policy, &probe, &span) else {
             let outcome = within(&span, Self::uncached(&probe, compute)).await;
@@ -175,7 +175,7 @@ impl Cache {
             async move {
                 // Dropped when the refresh ends, however it ends: the next one may start.
                 let _pilot = pilot;
-                let probe = cache.inner.stats.probe(policy.function_name());
+                let probe = cache.inner.stats.probe_for(&policy);
                 let refreshed = Call::new(&cache.inner.shared, &entry, &policy, &probe, compute)
                     .refresh_in_background()
                     .await;

@@ -16,7 +16,7 @@ use crate::config::{BackendKind, Settings};
 use crate::entry;
 use crate::error::{Error, Result};
 use crate::events::{Events, Invalidation, InvalidationKind};
-use crate::flow::{Call, Shared};
+use crate::flow::{self, Call, Shared};
 use crate::key::Key;
 use crate::lock::waiters::Waiters;
 use crate::outcome::Outcome;
@@ -384,12 +384,15 @@ impl Cache {
         Fut: Future<Output = O>,
         S: Sharing<O::Value>,
     {
-        let probe = self.inner.stats.probe(policy.function_name());
+        let probe = self.inner.stats.probe_for(policy);
         let span = call_span!("get_or_compute", policy);
         let outcome = match self.call_key(key.into(), policy, &probe, &span) {
             Ok(entry) => {
-                let call = Call::new(&self.inner.shared, &entry, policy, &probe, compute).sharing(share);
-                within(&span, call.lookup()).await
+                within(
+                    &span,
+                    flow::lookup(&self.inner.shared, &entry, policy, &probe, share, compute),
+                )
+                .await
             }
             Err(()) => within(&span, Self::uncached(&probe, compute)).await,
         };
@@ -429,7 +432,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = O>,
     {
-        let probe = self.inner.stats.probe(policy.function_name());
+        let probe = self.inner.stats.probe_for(policy);
         let span = call_span!("refresh", policy);
         let outcome = match self.call_key(key.into(), policy, &probe, &span) {
             Ok(entry) => {

@@ -9,7 +9,6 @@
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
@@ -280,7 +279,7 @@ pub(crate) struct Recorder {
     /// Tells this recorder from every other of the process, for [`FunctionSite`]s.
     id: u64,
     total: Cells,
-    functions: RwLock<HashMap<String, Arc<Cells>, BuildHasherDefault<NameHasher>>>,
+    functions: RwLock<HashMap<String, Arc<Cells>>>,
     sink: Option<&'static dyn Sink>,
 }
 
@@ -378,42 +377,6 @@ impl Recorder {
                 .collect(),
             ..Stats::default()
         }
-    }
-}
-
-/// The hasher of the function table, looked up on every call: function names
-/// are written in code (`prefix:name`, `http:<name>`), never taken from a
-/// request, so the table needs no defence against chosen collisions, and
-/// SipHash — `HashMap`'s default, which gives one — was most of a lookup.
-/// Eight bytes a step, each mixed in by a rotate, a xor and a multiply (the
-/// scheme of rustc's `FxHasher`).
-#[derive(Default)]
-struct NameHasher(u64);
-
-impl NameHasher {
-    /// An odd constant with well-spread bits (rustc's `FxHasher`'s).
-    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
-    }
-}
-
-impl Hasher for NameHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u8(&mut self, byte: u8) {
-        self.add(u64::from(byte));
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 

@@ -293,3 +293,60 @@ fn each_multi_thread_runtime_gets_a_connection_that_ends_with_it() {
     assert_eq!(counters.backend_errors, 0, "{counters:?}");
     assert_eq!(counters.misses, 6, "{counters:?}");
 }
+
+/// A cache dropped while its multi-thread runtime lives on closes every
+/// connection it opened, the runtime's own included: a service (or a test
+/// suite on one runtime) that builds caches and drops them leaks none.
+#[test]
+fn a_dropped_cache_closes_its_connections_while_the_runtime_lives_on() {
+    use aside::{Cache, Plain, Policy};
+
+    let server = RedisServer::start();
+    let mut admin = server.connection();
+    let alone = connected_clients(&mut admin);
+    let runtime = tokio::runtime::Runtime::new().expect("a multi-thread runtime");
+    let tasks = runtime.metrics().num_alive_tasks();
+    let policy = Policy::new(std::time::Duration::from_secs(300)).function("drop:double");
+    for round in 0..3u64 {
+        let cache = Cache::builder()
+            .redis_url(&server.url())
+            .namespace("drop")
+            .build_lazy()
+            .expect("a lazy cache");
+        runtime.block_on(async {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            // The store's connection and this runtime's own.
+            while connected_clients(&mut admin) < alone + 2 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: the cache never opened both"
+                );
+                let Plain(double) = cache
+                    .get_or_compute("double", &policy, || async move { Plain(round * 2) })
+                    .await;
+                assert_eq!(double, 0, "round {round}: the first round's entry");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
+        assert_eq!(cache.stats().function("drop:double").backend_errors, 0);
+        assert!(
+            runtime.metrics().num_alive_tasks() > tasks,
+            "the runtime drives the cache's connection"
+        );
+        drop(cache);
+        until_clients(
+            &mut admin,
+            alone,
+            &format!("after the cache of round {round} was dropped"),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while runtime.metrics().num_alive_tasks() != tasks {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: {} tasks of the dropped cache still on the runtime",
+                runtime.metrics().num_alive_tasks() - tasks
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}

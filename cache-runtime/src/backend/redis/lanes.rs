@@ -106,7 +106,15 @@ impl Lanes {
         let opening = Lane::Opening(task.abort_handle());
         match at {
             Some(at) => lanes[at].1 = opening,
-            None => lanes.push((id, opening)),
+            None => {
+                // A lane refused for a while has no task that would take it out
+                // when its runtime goes: drop those whose while is over (their
+                // runtime, if it lives, starts them again), so runtimes built
+                // and dropped while Redis is down leave nothing behind.
+                let now = Instant::now();
+                lanes.retain(|(_, lane)| !matches!(lane, Lane::Refused(Some(until)) if *until <= now));
+                lanes.push((id, opening));
+            }
         }
         None
     }
@@ -249,6 +257,42 @@ mod tests {
             assert!(lanes.current().is_none(), "never tried again");
         });
         assert_eq!(lanes.open_count(), 0);
+    }
+
+    #[test]
+    fn lanes_that_cannot_connect_are_retried_and_leave_nothing_behind() {
+        // A port nothing listens on: every connection is refused at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let target = crate::config::RedisTarget::parse(&format!("redis://127.0.0.1:{port}")).expect("a target");
+        let lanes = Lanes::new(target, None, Duration::from_millis(200));
+        let refused = |lanes: &Lanes| {
+            let lanes = lanes.lanes.read().expect("lanes");
+            lanes
+                .iter()
+                .filter(|(_, lane)| matches!(lane, Lane::Refused(Some(_))))
+                .count()
+        };
+        for round in 0..2 {
+            let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+            runtime.block_on(async {
+                assert!(lanes.current().is_none());
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while refused(&lanes) == 0 || lanes.lanes.read().expect("lanes").len() != 1 {
+                    assert!(Instant::now() < deadline, "round {round}: the lane was never refused");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                assert!(lanes.current().is_none(), "refused for a while");
+            });
+            drop(runtime);
+            // The refused lane of the dropped runtime stays until its while is over…
+            assert_eq!(lanes.lanes.read().expect("lanes").len(), 1);
+            std::thread::sleep(RETRY_AFTER + Duration::from_millis(100));
+            // …and the next runtime's first request drops it (each round checks
+            // that the list holds its own runtime's lane only).
+        }
     }
 
     #[test]

@@ -308,27 +308,23 @@ impl Recorder {
 
     /// Counters for one call of `function` (or of no function).
     pub(crate) fn probe(&self, function: Option<&str>) -> Probe<'_> {
-        Probe {
-            total: &self.total,
-            function: function.map(|name| FunctionCells::Table(self.cells(name))),
-            sink: self.sink,
-            seen: AtomicU16::new(0),
-        }
+        self.probe_with(function.map(|name| FunctionCells::Table(self.cells(name))))
     }
 
     /// Counters for one call of `policy`'s function, found through its
     /// [`FunctionSite`] when it has one.
     pub(crate) fn probe_for(&self, policy: &crate::Policy) -> Probe<'_> {
-        let Some(name) = policy.function_name() else {
-            return self.probe(None);
-        };
-        let function = match policy.site() {
+        self.probe_with(policy.function_name().map(|name| match policy.site() {
             Some(site) => self.cells_at(name, site),
             None => FunctionCells::Table(self.cells(name)),
-        };
+        }))
+    }
+
+    /// A probe counting in the total and in `function`'s cells, if any.
+    fn probe_with<'a>(&'a self, function: Option<FunctionCells<'a>>) -> Probe<'a> {
         Probe {
             total: &self.total,
-            function: Some(function),
+            function,
             sink: self.sink,
             seen: AtomicU16::new(0),
         }

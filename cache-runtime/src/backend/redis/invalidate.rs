@@ -572,19 +572,23 @@ enum Found {
 mod tests {
     use super::*;
 
+    /// The arguments `cmd` sends, the command's name first.
+    fn args_of(cmd: &redis::Cmd) -> Vec<Vec<u8>> {
+        cmd.args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
     /// `LeaseOf` writes what `lease_key` builds: the batch revokes the very
     /// leases computations take.
     #[test]
     fn a_batch_names_each_entry_then_its_lease_as_lease_key_does() {
         let entries = vec!["aside:f:v1.1:x".to_owned(), "aside:g:v1.1:y".to_owned()];
         let (_, cmd) = batch_command(&entries, true, "aside~stored");
-        let args: Vec<Vec<u8>> = cmd
-            .args_iter()
-            .map(|arg| match arg {
-                redis::Arg::Simple(bytes) => bytes.to_vec(),
-                _ => Vec::new(),
-            })
-            .collect();
+        let args = args_of(&cmd);
         let expected: Vec<Vec<u8>> = [
             "EVALSHA".to_owned(),
             scripts::INVALIDATE_BATCH.get_hash().to_owned(),
@@ -608,13 +612,7 @@ mod tests {
         let entries = vec!["aside:f:v1.1:x".to_owned(), "aside:g:v1.1:y".to_owned()];
         let (script, cmd) = batch_command(&entries, false, "aside~stored");
         assert_eq!(script.get_hash(), scripts::DELETE_BATCH.get_hash());
-        let args: Vec<Vec<u8>> = cmd
-            .args_iter()
-            .map(|arg| match arg {
-                redis::Arg::Simple(bytes) => bytes.to_vec(),
-                _ => Vec::new(),
-            })
-            .collect();
+        let args = args_of(&cmd);
         let expected: Vec<Vec<u8>> = [
             "EVALSHA",
             scripts::DELETE_BATCH.get_hash(),

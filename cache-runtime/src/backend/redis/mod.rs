@@ -316,13 +316,19 @@ impl RedisStore {
             tokio::task::coop::consume_budget().await;
             return Err(Error::CircuitOpen);
         };
-        let cell = self.usable_cell();
+        // A lane (single node only) needs none of the store's connection
+        // handling below: the store's cell is not even read, which spares each
+        // request on a multi-thread runtime a lock and a reference count that
+        // all its workers would otherwise write.
         let lane = self.lanes.as_ref().and_then(|lanes| lanes.current());
         let on_lane = lane.is_some();
+        let cell = (!on_lane).then(|| self.usable_cell());
         let attempt = async {
-            let connection = match lane {
-                Some(connection) => connection,
-                None => self.connection_in(&cell).await?,
+            let connection = match (lane, &cell) {
+                (Some(connection), _) => connection,
+                (None, Some(cell)) => self.connection_in(cell).await?,
+                // Not reached: without a lane there is a cell.
+                (None, None) => self.connection().await?,
             };
             request(connection).await.map_err(|source| Error::Redis { op, source })
         };
@@ -368,8 +374,8 @@ impl RedisStore {
         };
         if let Err(error) = &result {
             tracing::debug!(target: "aside", redis = %self.target, op, %error, "redis operation failed");
-            if self.switching_master(error) {
-                self.replace(&cell, "the master's connection broke or it is the master no more");
+            if let (true, Some(cell)) = (self.switching_master(error), &cell) {
+                self.replace(cell, "the master's connection broke or it is the master no more");
             }
         }
         let probe = permit.is_probe();
@@ -387,6 +393,10 @@ impl RedisStore {
             // Perhaps the slot moved, or its master was replaced.
             self.breakers.map_doubted();
         }
+        let Some(cell) = cell else {
+            // A lane is a single node's connection, which recovers by itself.
+            return result;
+        };
         if let Some(Connection::Cluster(conn, _)) = cell.get() {
             if self.breakers.claim_map_read() {
                 let (breakers, conn, timeout) = (Arc::clone(&self.breakers), conn.clone(), self.op_timeout);

@@ -157,14 +157,14 @@ where
                 Start::Looked(held) => held,
             };
             let stored = match &held {
-                Some(held) => Ok(Some(held.bytes.clone())),
+                Some(held) => Ok(Some(held.resident.bytes().clone())),
                 None => shared.store.get(entry).await,
             };
             match stored {
                 Ok(Some(bytes)) => match shared.codec.decode::<O::Value>(entry, &bytes, probe) {
                     Some(found) if found.is_fresh() => {
                         if let Some(held) = held {
-                            held.decoded.keep(share, &found);
+                            held.resident.keep(share, &found);
                             if held.copy {
                                 probe.record(Event::L1Hit);
                             }
@@ -555,7 +555,7 @@ fn kept_fresh<T, S: Sharing<T>>(
     let Some(held) = shared.store.in_process(entry) else {
         return Err(None);
     };
-    match held.decoded.take_fresh(share) {
+    match held.resident.take_fresh(share) {
         Some(kept) => {
             if held.copy {
                 probe.record(Event::L1Hit);

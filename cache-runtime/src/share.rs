@@ -14,6 +14,8 @@ use std::marker::PhantomData;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+
 use crate::entry::Entry;
 
 /// A value as the in-process stores keep it, whatever its type.
@@ -100,10 +102,17 @@ impl<T> ByDecode for &Probe<T> {
     }
 }
 
-/// The decoded value of one in-process entry, set by the first hit that
-/// decodes its bytes (they never change: a new value is a new entry).
-#[derive(Clone, Default)]
-pub(crate) struct Decoded(Arc<OnceLock<KeptEntry>>);
+/// One in-process entry: its bytes, and their decoded value once the first hit
+/// that decoded them kept it (the bytes never change: a new value is a new
+/// entry). One allocation with one reference count, which a hit on it bumps and
+/// drops once.
+#[derive(Clone)]
+pub(crate) struct Resident(Arc<Held>);
+
+struct Held {
+    bytes: Bytes,
+    decoded: OnceLock<KeptEntry>,
+}
 
 /// A kept value and when it stops being fresh.
 struct KeptEntry {
@@ -127,17 +136,33 @@ impl KeptEntry {
     }
 }
 
-impl std::fmt::Debug for Decoded {
+impl std::fmt::Debug for Resident {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Decoded").field(&self.0.get().is_some()).finish()
+        f.debug_struct("Resident")
+            .field("bytes", &self.0.bytes.len())
+            .field("decoded", &self.0.decoded.get().is_some())
+            .finish()
     }
 }
 
-impl Decoded {
+impl Resident {
+    /// An entry of `bytes`, not decoded yet.
+    pub(crate) fn new(bytes: Bytes) -> Resident {
+        Resident(Arc::new(Held {
+            bytes,
+            decoded: OnceLock::new(),
+        }))
+    }
+
+    /// The entry's bytes.
+    pub(crate) fn bytes(&self) -> &Bytes {
+        &self.0.bytes
+    }
+
     /// The kept entry, if it is still fresh, a `T`, and `share` hands it out.
     /// (A stale one is decoded again from the bytes, as stale.)
     pub(crate) fn take_fresh<T>(&self, share: impl Sharing<T>) -> Option<Entry<T>> {
-        let kept = self.0.get()?;
+        let kept = self.0.decoded.get()?;
         if !kept.is_fresh() {
             return None;
         }
@@ -149,12 +174,12 @@ impl Decoded {
 
     /// Keeps `entry`, decoded from this entry's bytes, unless one is kept already.
     pub(crate) fn keep<T>(&self, share: impl Sharing<T>, entry: &Entry<T>) {
-        if self.0.get().is_some() {
+        if self.0.decoded.get().is_some() {
             return;
         }
         if let Some(kept) = share.keep(&entry.value) {
             // A concurrent hit kept the same value first: either is right.
-            let _ = self.0.set(KeptEntry {
+            let _ = self.0.decoded.set(KeptEntry {
                 fresh_until_ms: entry.fresh_until_ms,
                 fresh_until: UNIX_EPOCH.checked_add(Duration::from_millis(entry.fresh_until_ms)),
                 value: kept,
@@ -163,12 +188,10 @@ impl Decoded {
     }
 }
 
-/// An in-process entry as a store hands it to a hit: its bytes and the cell of
-/// their decoded value.
+/// An in-process entry as a store hands it to a hit.
 #[derive(Debug, Clone)]
 pub(crate) struct InProcess {
-    pub(crate) bytes: bytes::Bytes,
-    pub(crate) decoded: Decoded,
+    pub(crate) resident: Resident,
     /// A tiered store's copy of a Redis entry (counted as an L1 hit), not the
     /// memory store's own entry.
     pub(crate) copy: bool,
@@ -196,7 +219,7 @@ mod tests {
 
     #[test]
     fn a_kept_value_is_cloned_out_as_its_own_type_only() {
-        let decoded = Decoded::default();
+        let decoded = Resident::new(Bytes::new());
         assert!(decoded.take_fresh::<Report>(Cloned).is_none());
         let entry = Entry {
             value: Report(vec![1, 2]),
@@ -226,7 +249,7 @@ mod tests {
 
     #[test]
     fn a_stale_kept_value_is_not_handed_out() {
-        let decoded = Decoded::default();
+        let decoded = Resident::new(Bytes::new());
         decoded.keep(
             Cloned,
             &Entry {
@@ -246,7 +269,7 @@ mod tests {
             (0, false),
             (FAR, true),
         ] {
-            let decoded = Decoded::default();
+            let decoded = Resident::new(Bytes::new());
             decoded.keep(
                 Cloned,
                 &Entry {
@@ -264,7 +287,7 @@ mod tests {
 
     #[test]
     fn decode_keeps_nothing() {
-        let decoded = Decoded::default();
+        let decoded = Resident::new(Bytes::new());
         decoded.keep(
             Decode,
             &Entry {

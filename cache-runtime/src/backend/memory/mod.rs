@@ -15,29 +15,31 @@ mod glob;
 use super::{Acquired, Backend, Record, Wake};
 use crate::config::MemoryCapacity;
 use crate::error::Result;
-use crate::share::{Decoded, InProcess};
+use crate::share::{InProcess, Resident};
 
 #[derive(Clone, Debug)]
 struct Slot {
-    value: Bytes,
+    /// The bytes, and the value they decode to once a hit kept it.
+    resident: Resident,
     expires_at: Instant,
-    /// The value `value` decodes to, once a hit kept it.
-    decoded: Decoded,
 }
 
 impl Slot {
     fn new(value: Bytes, expires_at: Instant) -> Slot {
         Slot {
-            value,
+            resident: Resident::new(value),
             expires_at,
-            decoded: Decoded::default(),
         }
+    }
+
+    fn value(&self) -> Bytes {
+        self.resident.bytes().clone()
     }
 }
 
 impl super::Weighed for Slot {
     fn bytes(&self) -> usize {
-        self.value.len()
+        self.resident.bytes().len()
     }
 }
 
@@ -184,8 +186,7 @@ impl MemoryStore {
     /// decode when the value is kept.
     pub(crate) fn copy(&self, key: &str) -> Option<InProcess> {
         self.live(key).map(|slot| InProcess {
-            bytes: slot.value,
-            decoded: slot.decoded,
+            resident: slot.resident,
             copy: false,
         })
     }
@@ -250,7 +251,7 @@ impl MemoryStore {
         let Some(slot) = self.live(entry) else {
             return false;
         };
-        match crate::entry::expired(&slot.value) {
+        match crate::entry::expired(slot.resident.bytes()) {
             Some(stale) => self
                 .entries
                 .insert(entry.to_owned(), Slot::new(Bytes::from(stale), slot.expires_at)),
@@ -271,11 +272,11 @@ impl MemoryStore {
 
 impl Backend for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        Ok(self.live(key).map(|slot| slot.value))
+        Ok(self.live(key).map(|slot| slot.value()))
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
-        Ok(keys.iter().map(|key| self.live(key).map(|slot| slot.value)).collect())
+        Ok(keys.iter().map(|key| self.live(key).map(|slot| slot.value())).collect())
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
@@ -339,7 +340,7 @@ impl Backend for MemoryStore {
         Ok(Acquired::Taken(if steal {
             None
         } else {
-            self.live(entry).map(|slot| slot.value)
+            self.live(entry).map(|slot| slot.value())
         }))
     }
 

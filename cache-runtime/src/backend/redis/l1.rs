@@ -32,7 +32,7 @@ use moka::Expiry;
 
 use crate::config::MemoryCapacity;
 use crate::entry;
-use crate::share::{Decoded, InProcess};
+use crate::share::{InProcess, Resident};
 
 /// How often the subscriber's process publishes its heartbeat.
 pub(crate) const BEAT: Duration = Duration::from_millis(100);
@@ -52,14 +52,13 @@ const SHARDS: usize = 64;
 /// value the bytes decode to once a hit kept it.
 #[derive(Clone)]
 struct Copy {
-    bytes: Bytes,
+    resident: Resident,
     fresh_until_ms: u64,
-    decoded: Decoded,
 }
 
 impl crate::backend::Weighed for Copy {
     fn bytes(&self) -> usize {
-        self.bytes.len()
+        self.resident.bytes().len()
     }
 }
 
@@ -119,7 +118,7 @@ impl L1 {
 
     /// The copy of `key`, if the tier is usable and the copy fresh.
     pub(crate) fn get(&self, key: &str) -> Option<Bytes> {
-        self.copy(key).map(|copy| copy.bytes)
+        self.copy(key).map(|copy| copy.resident.bytes().clone())
     }
 
     /// [`get`](L1::get), with the cell of the copy's decoded value.
@@ -129,8 +128,7 @@ impl L1 {
         }
         let copy = self.copies.get(key)?;
         (copy.fresh_until_ms > entry::unix_ms(SystemTime::now())).then_some(InProcess {
-            bytes: copy.bytes,
-            decoded: copy.decoded,
+            resident: copy.resident,
             copy: true,
         })
     }
@@ -156,9 +154,8 @@ impl L1 {
         self.copies.insert(
             key.to_owned(),
             Copy {
-                bytes: bytes.clone(),
+                resident: Resident::new(bytes.clone()),
                 fresh_until_ms,
-                decoded: Decoded::default(),
             },
         );
         // An eviction between the check and the insert bumped the generation

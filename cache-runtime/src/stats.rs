@@ -9,7 +9,7 @@
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -98,29 +98,42 @@ macro_rules! counters {
             $( #[doc = $time_help] $(#[doc = ""] #[doc = $time_note])* pub $time: u64, )*
         }
 
-        /// The live counters of the total or of one function.
-        #[derive(Debug, Default)]
-        struct Cells {
-            /// The function (`None` for the total), as the [`Sink`] hears of it.
-            name: Option<Function>,
+        /// One thread's share of the live counters of the total or of one function.
+        #[derive(Default)]
+        #[repr(align(128))]
+        struct Shard {
             $( $call: AtomicU64, )*
             $( $entry: AtomicU64, )*
             $( $time: AtomicU64, )*
         }
 
+        /// The live counters of the total or of one function, in [`SHARDS`]
+        /// shards: each thread adds to its own (see [`shard`]), so the workers
+        /// of a busy runtime do not pass the same line of memory back and
+        /// forth on every call; a snapshot adds the shards up.
+        struct Cells {
+            /// The function (`None` for the total), as the [`Sink`] hears of it.
+            name: Option<Function>,
+            shards: [Shard; SHARDS],
+        }
+
         impl Cells {
             fn snapshot(&self) -> Counters {
-                Counters {
-                    $( $call: self.$call.load(Relaxed), )*
-                    $( $entry: self.$entry.load(Relaxed), )*
-                    $( $time: self.$time.load(Relaxed), )*
+                let mut sum = Counters::default();
+                for shard in &self.shards {
+                    $( sum.$call += shard.$call.load(Relaxed); )*
+                    $( sum.$entry += shard.$entry.load(Relaxed); )*
+                    $( sum.$time += shard.$time.load(Relaxed); )*
                 }
+                sum
             }
 
+            /// The cell of `event` in this thread's shard.
             fn cell(&self, event: Event) -> &AtomicU64 {
+                let shard = self.shard();
                 match event {
-                    $( Event::$call_event => &self.$call, )*
-                    $( Event::$entry_event => &self.$entry, )*
+                    $( Event::$call_event => &shard.$call, )*
+                    $( Event::$entry_event => &shard.$entry, )*
                 }
             }
         }
@@ -160,6 +173,42 @@ macro_rules! counters {
 }
 
 counter_table!(counters);
+
+/// How many shards each [`Cells`] has: more than the cores of most hosts that
+/// serve hits, so that a runtime's workers rarely share one.
+const SHARDS: usize = 8;
+
+/// This thread's shard: threads take them in turn, on their first count.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
+    }
+    // Counting while the thread's locals are torn down: any shard will do.
+    SHARD.try_with(|shard| *shard).unwrap_or(0)
+}
+
+impl Cells {
+    fn new(name: Option<Function>) -> Cells {
+        Cells {
+            name,
+            shards: std::array::from_fn(|_| Shard::default()),
+        }
+    }
+
+    fn shard(&self) -> &Shard {
+        &self.shards[shard()]
+    }
+}
+
+impl fmt::Debug for Cells {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cells")
+            .field("name", &self.name)
+            .field("counters", &self.snapshot())
+            .finish()
+    }
+}
 
 // One bit per event in `Probe::seen`.
 const _: () = assert!(Event::ALL.len() <= u16::BITS as usize);
@@ -300,7 +349,7 @@ impl Recorder {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Recorder {
             id: NEXT_ID.fetch_add(1, Relaxed),
-            total: Cells::default(),
+            total: Cells::new(None),
             functions: RwLock::default(),
             sink,
         }
@@ -347,17 +396,16 @@ impl Recorder {
             return Arc::clone(cells);
         }
         let mut functions = self.functions.write().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(functions.entry(name.to_owned()).or_insert_with(|| {
-            Arc::new(Cells {
-                name: Some(Function::new(name)),
-                ..Cells::default()
-            })
-        }))
+        Arc::clone(
+            functions
+                .entry(name.to_owned())
+                .or_insert_with(|| Arc::new(Cells::new(Some(Function::new(name))))),
+        )
     }
 
     /// Adds `removed` invalidated entries.
     pub(crate) fn invalidated(&self, removed: u64) {
-        self.total.invalidations.fetch_add(removed, Relaxed);
+        self.total.shard().invalidations.fetch_add(removed, Relaxed);
         if let Some(sink) = self.sink {
             sink.invalidated(removed);
         }
@@ -450,9 +498,9 @@ impl Probe<'_> {
     pub(crate) fn computed(&self, took: Duration) {
         self.record(Event::Computation);
         let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        self.total.computation_nanos.fetch_add(nanos, Relaxed);
+        self.total.shard().computation_nanos.fetch_add(nanos, Relaxed);
         if let Some(cells) = &self.function {
-            cells.computation_nanos.fetch_add(nanos, Relaxed);
+            cells.shard().computation_nanos.fetch_add(nanos, Relaxed);
         }
         if let Some(sink) = self.sink {
             sink.computed(self.function_name(), took);
@@ -556,6 +604,35 @@ mod tests {
         assert_eq!(first.total.hits, 3);
         assert_eq!(second.snapshot().function("demo:f").hits, 1);
         assert_eq!(second.snapshot().total.hits, 1);
+    }
+
+    #[test]
+    fn counts_from_more_threads_than_shards_add_up_exactly() {
+        static SITE: FunctionSite = FunctionSite::new();
+        let recorder = Recorder::new(None);
+        let policy = crate::Policy::default().function("demo:f").counted_at(&SITE);
+        let threads = 3 * SHARDS;
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    for _ in 0..1_000 {
+                        let probe = recorder.probe_for(&policy);
+                        probe.record(Event::Hit);
+                        probe.computed(Duration::from_nanos(2));
+                    }
+                    recorder.invalidated(1);
+                });
+            }
+        });
+        let stats = recorder.snapshot();
+        let calls = 1_000 * threads as u64;
+        for counters in [&stats.total, &stats.function("demo:f")] {
+            assert_eq!(
+                (counters.hits, counters.computations, counters.computation_nanos),
+                (calls, calls, 2 * calls)
+            );
+        }
+        assert_eq!(stats.total.invalidations, threads as u64);
     }
 
     #[test]

@@ -219,21 +219,21 @@ mod tests {
 
     #[test]
     fn a_kept_value_is_cloned_out_as_its_own_type_only() {
-        let decoded = Resident::new(Bytes::new());
-        assert!(decoded.take_fresh::<Report>(Cloned).is_none());
+        let resident = Resident::new(Bytes::new());
+        assert!(resident.take_fresh::<Report>(Cloned).is_none());
         let entry = Entry {
             value: Report(vec![1, 2]),
             fresh_until_ms: FAR,
         };
-        decoded.keep(Cloned, &entry);
-        let taken = decoded.take_fresh::<Report>(Cloned).expect("kept");
+        resident.keep(Cloned, &entry);
+        let taken = resident.take_fresh::<Report>(Cloned).expect("kept");
         assert_eq!((taken.value, taken.fresh_until_ms), (Report(vec![1, 2]), FAR));
         assert!(
-            decoded.take_fresh::<String>(Cloned).is_none(),
+            resident.take_fresh::<String>(Cloned).is_none(),
             "another type decodes the bytes"
         );
-        assert!(decoded.take_fresh::<Report>(Decode).is_none());
-        decoded.keep(
+        assert!(resident.take_fresh::<Report>(Decode).is_none());
+        resident.keep(
             Cloned,
             &Entry {
                 value: Report(vec![9]),
@@ -241,7 +241,7 @@ mod tests {
             },
         );
         assert_eq!(
-            decoded.take_fresh::<Report>(Cloned).map(|e| e.value),
+            resident.take_fresh::<Report>(Cloned).map(|e| e.value),
             Some(Report(vec![1, 2])),
             "the first stays"
         );
@@ -249,15 +249,15 @@ mod tests {
 
     #[test]
     fn a_stale_kept_value_is_not_handed_out() {
-        let decoded = Resident::new(Bytes::new());
-        decoded.keep(
+        let resident = Resident::new(Bytes::new());
+        resident.keep(
             Cloned,
             &Entry {
                 value: Report(vec![1]),
                 fresh_until_ms: 1,
             },
         );
-        assert!(decoded.take_fresh::<Report>(Cloned).is_none());
+        assert!(resident.take_fresh::<Report>(Cloned).is_none());
     }
 
     #[test]
@@ -269,8 +269,8 @@ mod tests {
             (0, false),
             (FAR, true),
         ] {
-            let decoded = Resident::new(Bytes::new());
-            decoded.keep(
+            let resident = Resident::new(Bytes::new());
+            resident.keep(
                 Cloned,
                 &Entry {
                     value: Report(vec![1]),
@@ -278,7 +278,7 @@ mod tests {
                 },
             );
             assert_eq!(
-                decoded.take_fresh::<Report>(Cloned).is_some(),
+                resident.take_fresh::<Report>(Cloned).is_some(),
                 fresh,
                 "{fresh_until_ms}"
             );
@@ -287,14 +287,14 @@ mod tests {
 
     #[test]
     fn decode_keeps_nothing() {
-        let decoded = Resident::new(Bytes::new());
-        decoded.keep(
+        let resident = Resident::new(Bytes::new());
+        resident.keep(
             Decode,
             &Entry {
                 value: Report(vec![1]),
                 fresh_until_ms: FAR,
             },
         );
-        assert!(decoded.take_fresh::<Report>(Cloned).is_none());
+        assert!(resident.take_fresh::<Report>(Cloned).is_none());
     }
 }

@@ -119,11 +119,12 @@ macro_rules! counters {
 
         impl Cells {
             fn snapshot(&self) -> Counters {
+                // Wrapping, as the atomics themselves add: a sum never panics.
                 let mut sum = Counters::default();
                 for shard in &self.shards {
-                    $( sum.$call += shard.$call.load(Relaxed); )*
-                    $( sum.$entry += shard.$entry.load(Relaxed); )*
-                    $( sum.$time += shard.$time.load(Relaxed); )*
+                    $( sum.$call = sum.$call.wrapping_add(shard.$call.load(Relaxed)); )*
+                    $( sum.$entry = sum.$entry.wrapping_add(shard.$entry.load(Relaxed)); )*
+                    $( sum.$time = sum.$time.wrapping_add(shard.$time.load(Relaxed)); )*
                 }
                 sum
             }

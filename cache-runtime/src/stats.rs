@@ -637,6 +637,22 @@ mod tests {
     }
 
     #[test]
+    fn shards_add_up_wrapping_as_one_counter_would() {
+        let recorder = Recorder::new(None);
+        // A duration past u64 nanoseconds counts as u64::MAX, from two threads
+        // (two shards): the sum wraps as a single atomic's would, never panics.
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| recorder.probe(None).computed(Duration::MAX));
+            }
+        });
+        assert_eq!(
+            recorder.snapshot().total.computation_nanos,
+            u64::MAX.wrapping_add(u64::MAX)
+        );
+    }
+
+    #[test]
     fn invalidated_entries_count_in_the_total() {
         let recorder = Recorder::new(None);
         recorder.invalidated(3);

@@ -20,6 +20,9 @@ const MASTERS: usize = 3;
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// Pause between readiness probes.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How long `redis-cli --cluster create` may wait for the nodes to join before
+/// they are introduced again, and again as often (see [`meet_again`]).
+const MEET_AGAIN_EVERY: Duration = Duration::from_secs(3);
 /// Keys moved per `MIGRATE` while resharding, as `redis-cli --cluster reshard` does (`--cluster-pipeline`).
 const MIGRATE_BATCH: usize = 10;
 /// Checks in a row, [`POLL_INTERVAL`] apart, in which every master must name
@@ -373,9 +376,14 @@ fn create(nodes: &[RedisServer], deadline: Instant) {
         ))
         .stderr(Stdio::from(output));
     let mut child = spawn(command).expect("execute redis-cli");
+    let mut meet_at = Instant::now() + MEET_AGAIN_EVERY;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for redis-cli") {
             break status;
+        }
+        if Instant::now() > meet_at {
+            meet_again(nodes);
+            meet_at = Instant::now() + MEET_AGAIN_EVERY;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -392,6 +400,31 @@ fn create(nodes: &[RedisServer], deadline: Instant) {
             "redis-cli --cluster create failed ({status}):\n{}",
             std::fs::read_to_string(&output_path).unwrap_or_default()
         );
+    }
+}
+
+/// Introduces every node to the first once more (`CLUSTER MEET`), ignoring
+/// failures. A node drops a handshake that its peer does not finish within the
+/// node timeout (2 s), and does not try it again: on a loaded machine
+/// `redis-cli --cluster create`, which sends each `MEET` once, then waits for
+/// ever in "Waiting for the cluster to join". Meeting a node already known is
+/// harmless.
+fn meet_again(nodes: &[RedisServer]) {
+    let Some((first, others)) = nodes.split_first() else {
+        return;
+    };
+    for node in others {
+        let Ok(mut con) = node.client().get_connection_with_timeout(Duration::from_millis(500)) else {
+            continue;
+        };
+        if con.set_read_timeout(Some(Duration::from_secs(1))).is_err() {
+            continue;
+        }
+        let _: redis::RedisResult<()> = redis::cmd("CLUSTER")
+            .arg("MEET")
+            .arg("127.0.0.1")
+            .arg(first.port())
+            .query(&mut con);
     }
 }
 

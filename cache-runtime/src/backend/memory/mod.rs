@@ -138,7 +138,7 @@ impl TagShard {
 /// verify and decode (and fail to) the same way; each with the cell of its
 /// decoded value, which hits of `Clone` types clone out (see [`crate::share`]).
 pub(crate) struct MemoryStore {
-    entries: Moka<String, Slot>,
+    entries: super::InProcessMap<Slot>,
     /// Lock order: a tag shard before `leases`; never two shards at once.
     tags: Box<[Mutex<TagShard>]>,
     leases: Mutex<HashMap<String, Lease>>,

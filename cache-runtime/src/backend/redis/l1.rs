@@ -74,7 +74,7 @@ impl Expiry<String, Copy> for FreshLife {
 
 /// The first tier; see the module docs.
 pub(crate) struct L1 {
-    copies: Moka<String, Copy>,
+    copies: crate::backend::InProcessMap<Copy>,
     generations: [AtomicU64; SHARDS],
     /// When this process last heard its own heartbeat: milliseconds since
     /// `origin`, plus one; 0 for never (or since the subscription was lost).

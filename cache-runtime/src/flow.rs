@@ -14,6 +14,7 @@ use crate::backend::{Backend, Store};
 use crate::codec::Codec;
 use crate::config::Settings;
 use crate::entry::{self, Entry};
+use crate::key::Key;
 use crate::lock::flight::{Flights, Landing, Pilot, Role};
 use crate::lock::lease::{Held, Lease, Waited};
 use crate::lock::waiters::Waiters;
@@ -529,17 +530,57 @@ where
     S: Sharing<O::Value>,
 {
     match kept_fresh(shared, entry, share, probe) {
-        Ok(kept) => {
-            probe.record(Event::Hit);
-            O::from_cached(kept.value)
-        }
-        Err(held) => {
-            Call::new(shared, entry, policy, probe, compute)
-                .sharing(share)
-                .lookup_past(held)
-                .await
-        }
+        Ok(kept) => hit(probe, kept),
+        Err(held) => lookup_past(shared, entry, policy, probe, share, compute, held).await,
     }
+}
+
+/// [`lookup`]'s first step for a key not rendered yet: the full key written
+/// into a buffer the thread reuses, which is all a hit in this process needs
+/// it for. `None` when the store keeps nothing in process, or the key does not
+/// render (the call that renders it reports why); otherwise what [`kept_fresh`]
+/// found, and for anything but a hit the full key, which the call goes on with.
+pub(crate) fn look_here<T, S: Sharing<T>>(shared: &Shared, key: &Key, share: S, probe: &Probe<'_>) -> Option<Here<T>> {
+    if !shared.store.keeps_in_process() {
+        return None;
+    }
+    let (namespace, key_version) = (&shared.settings.namespace, shared.settings.key_version);
+    key.with_rendered(namespace, key_version, |entry| {
+        kept_fresh(shared, entry, share, probe).map_err(|held| (held, entry.to_owned()))
+    })
+    .ok()
+}
+
+/// What [`look_here`] found: a hit, or what the process holds of the entry
+/// and the entry's full key.
+pub(crate) type Here<T> = Result<Entry<T>, (Option<InProcess>, String)>;
+
+/// A hit on a value kept decoded in this process, counted.
+pub(crate) fn hit<O: Outcome>(probe: &Probe<'_>, kept: Entry<O::Value>) -> O {
+    probe.record(Event::Hit);
+    O::from_cached(kept.value)
+}
+
+/// [`lookup`] once [`kept_fresh`] did not answer, with what it found held.
+pub(crate) async fn lookup_past<O, F, Fut, S>(
+    shared: &Shared,
+    entry: &str,
+    policy: &Policy,
+    probe: &Probe<'_>,
+    share: S,
+    compute: F,
+    held: Option<InProcess>,
+) -> O
+where
+    O: Outcome,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = O>,
+    S: Sharing<O::Value>,
+{
+    Call::new(shared, entry, policy, probe, compute)
+        .sharing(share)
+        .lookup_past(held)
+        .await
 }
 
 /// The entry this process holds (the memory store's own, or the tiered
@@ -555,7 +596,7 @@ fn kept_fresh<T, S: Sharing<T>>(
     let Some(held) = shared.store.in_process(entry) else {
         return Err(None);
     };
-    match held.resident.take_fresh(share) {
+    match held.resident.take_fresh(share, held.looked_at) {
         Some(kept) => {
             if held.copy {
                 probe.record(Event::L1Hit);

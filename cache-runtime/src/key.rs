@@ -19,7 +19,7 @@
 //! Every other value is written exactly as `serde_json` writes it.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Serialize;
@@ -285,11 +285,58 @@ impl Key {
     /// [`Error::Key`] when the key could not be built (an argument failed to
     /// serialize, or a raw key used reserved characters).
     pub(crate) fn render(&self, namespace: &str, key_version: u32) -> Result<String> {
-        // On every call's path: one allocation of the right size, no formatting machinery.
-        let mut full;
+        // One allocation of the right size.
+        let mut full = String::with_capacity(self.rendered_len(namespace));
+        self.render_into(namespace, key_version, &mut full)?;
+        Ok(full)
+    }
+
+    /// Runs `then` on the full key ([`render`](Key::render)) written into a
+    /// buffer this thread reuses: a call answered from this process's memory
+    /// needs the key only to look it up, and allocates nothing for it.
+    pub(crate) fn with_rendered<R>(
+        &self,
+        namespace: &str,
+        key_version: u32,
+        then: impl FnOnce(&str) -> R,
+    ) -> Result<R> {
+        /// A buffer this large after a call is dropped rather than kept for the thread's life.
+        const KEPT: usize = 1024;
+        thread_local! {
+            static FULL: Cell<String> = const { Cell::new(String::new()) };
+        }
+        // Taken out while in use: a `then` that renders a key itself (a value's
+        // `Clone` calling back) finds the cell empty and fills one of its own.
+        let mut full = FULL.try_with(Cell::take).unwrap_or_default();
+        self.render_into(namespace, key_version, &mut full)?;
+        let answer = then(&full);
+        if full.capacity() <= KEPT {
+            let _ = FULL.try_with(|cell| cell.set(full));
+        }
+        Ok(answer)
+    }
+
+    /// The length of the full key under `namespace`, give or take the versions' digits.
+    fn rendered_len(&self, namespace: &str) -> usize {
+        match &self.0 {
+            Repr::Raw(key) => namespace.len() + 1 + key.len(),
+            Repr::Function { prefix, name, args, .. } => {
+                let args_len = match args {
+                    Args::Digest(_) => 32,
+                    Args::Text(text) => text.len(),
+                };
+                namespace.len() + prefix.len() + name.len() + args_len + 26
+            }
+            Repr::Invalid(_) => 0,
+        }
+    }
+
+    /// [`render`](Key::render), into `full` (emptied first).
+    fn render_into(&self, namespace: &str, key_version: u32, full: &mut String) -> Result<()> {
+        // On every call's path: no formatting machinery.
+        full.clear();
         match &self.0 {
             Repr::Raw(key) => {
-                full = String::with_capacity(namespace.len() + 1 + key.len());
                 full.push_str(namespace);
                 full.push(':');
                 full.push_str(key);
@@ -300,28 +347,23 @@ impl Key {
                 version,
                 args,
             } => {
-                let args_len = match args {
-                    Args::Digest(_) => 32,
-                    Args::Text(text) => text.len(),
-                };
-                full = String::with_capacity(namespace.len() + prefix.len() + name.len() + args_len + 26);
                 for segment in [namespace, prefix, name] {
                     full.push_str(segment);
                     full.push(':');
                 }
                 full.push('v');
-                push_decimal(&mut full, key_version);
+                push_decimal(full, key_version);
                 full.push('.');
-                push_decimal(&mut full, *version);
+                push_decimal(full, *version);
                 full.push(':');
                 match args {
-                    Args::Digest(digest) => push_hex(&mut full, *digest),
+                    Args::Digest(digest) => push_hex(full, *digest),
                     Args::Text(text) => full.push_str(text),
                 }
             }
             Repr::Invalid(problem) => return Err(Error::Key(problem.clone())),
         }
-        Ok(full)
+        Ok(())
     }
 }
 
@@ -580,6 +622,67 @@ mod tests {
             format!("{key:?}").contains("Digest(6a8dd4d7e92c904ce2661629e20e6d38)"),
             "{key:?}"
         );
+    }
+
+    #[test]
+    fn digests_are_written_as_32_lowercase_hex_digits() {
+        let mut digests = vec![
+            0,
+            1,
+            9,
+            10,
+            15,
+            16,
+            0xabcdef,
+            u128::MAX,
+            u128::MAX - 1,
+            1 << 127,
+            u128::from(u64::MAX),
+        ];
+        // Every nibble value at every position, and a spread of mixed ones.
+        for position in 0..32 {
+            for nibble in 0..16u128 {
+                digests.push(nibble << (4 * position));
+            }
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834_u128;
+        for _ in 0..1000 {
+            x = x.wrapping_mul(0x2545_f491_4f6c_dd1d).rotate_left(17) ^ 0x1234_5678;
+            digests.push(x);
+        }
+        for digest in digests {
+            let mut text = String::new();
+            push_hex(&mut text, digest);
+            assert_eq!(text, format!("{digest:032x}"));
+        }
+    }
+
+    #[test]
+    fn a_key_rendered_in_the_reused_buffer_is_the_rendered_key() {
+        let keys = [
+            Key::digest("computed", "revenue_by_region", 1, &("eu", 11)),
+            Key::raw("user:42"),
+            Key::template("p", "n", 3, [Piece::Lit("a"), Piece::value(&"b c")]),
+            // Longer than the buffer keeps between calls.
+            Key::raw("k".repeat(5000)),
+            Key::raw("short again"),
+        ];
+        for key in &keys {
+            let rendered = key.render("ns", 2).unwrap();
+            assert_eq!(key.with_rendered("ns", 2, str::to_owned).unwrap(), rendered);
+            // A key rendered while another is being used (a value's `Clone`
+            // calling back) renders on its own, and both stay right.
+            let nested = key
+                .with_rendered("ns", 2, |outer| {
+                    let inner = keys[1].with_rendered("other", 7, str::to_owned).unwrap();
+                    (outer.to_owned(), inner)
+                })
+                .unwrap();
+            assert_eq!(nested, (rendered, "other:user:42".to_owned()));
+        }
+        let invalid = Key::raw("{braces}");
+        assert!(matches!(invalid.with_rendered("ns", 1, str::len), Err(Error::Key(_))));
+        assert_eq!(keys[1].with_rendered("ns", 1, str::to_owned).unwrap(), "ns:user:42");
     }
 
     #[test]

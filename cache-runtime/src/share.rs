@@ -127,8 +127,8 @@ struct KeptEntry {
 }
 
 impl KeptEntry {
-    fn is_fresh(&self) -> bool {
-        let now = SystemTime::now();
+    /// Whether the value is fresh at `now`.
+    fn is_fresh(&self, now: SystemTime) -> bool {
         match self.fresh_until {
             Some(until) => now < until,
             None => self.fresh_until_ms > crate::entry::unix_ms(now),
@@ -159,11 +159,11 @@ impl Resident {
         &self.0.bytes
     }
 
-    /// The kept entry, if it is still fresh, a `T`, and `share` hands it out.
-    /// (A stale one is decoded again from the bytes, as stale.)
-    pub(crate) fn take_fresh<T>(&self, share: impl Sharing<T>) -> Option<Entry<T>> {
+    /// The kept entry, if it is fresh at `now`, a `T`, and `share` hands it
+    /// out. (A stale one is decoded again from the bytes, as stale.)
+    pub(crate) fn take_fresh<T>(&self, share: impl Sharing<T>, now: SystemTime) -> Option<Entry<T>> {
         let kept = self.0.decoded.get()?;
-        if !kept.is_fresh() {
+        if !kept.is_fresh(now) {
             return None;
         }
         Some(Entry {
@@ -195,6 +195,9 @@ pub(crate) struct InProcess {
     /// A tiered store's copy of a Redis entry (counted as an L1 hit), not the
     /// memory store's own entry.
     pub(crate) copy: bool,
+    /// When the store found it live: the clock reading its kept value's
+    /// freshness is judged by, so a hit reads the clock once.
+    pub(crate) looked_at: SystemTime,
 }
 
 #[cfg(test)]
@@ -220,19 +223,19 @@ mod tests {
     #[test]
     fn a_kept_value_is_cloned_out_as_its_own_type_only() {
         let resident = Resident::new(Bytes::new());
-        assert!(resident.take_fresh::<Report>(Cloned).is_none());
+        assert!(resident.take_fresh::<Report>(Cloned, SystemTime::now()).is_none());
         let entry = Entry {
             value: Report(vec![1, 2]),
             fresh_until_ms: FAR,
         };
         resident.keep(Cloned, &entry);
-        let taken = resident.take_fresh::<Report>(Cloned).expect("kept");
+        let taken = resident.take_fresh::<Report>(Cloned, SystemTime::now()).expect("kept");
         assert_eq!((taken.value, taken.fresh_until_ms), (Report(vec![1, 2]), FAR));
         assert!(
-            resident.take_fresh::<String>(Cloned).is_none(),
+            resident.take_fresh::<String>(Cloned, SystemTime::now()).is_none(),
             "another type decodes the bytes"
         );
-        assert!(resident.take_fresh::<Report>(Decode).is_none());
+        assert!(resident.take_fresh::<Report>(Decode, SystemTime::now()).is_none());
         resident.keep(
             Cloned,
             &Entry {
@@ -241,7 +244,9 @@ mod tests {
             },
         );
         assert_eq!(
-            resident.take_fresh::<Report>(Cloned).map(|e| e.value),
+            resident
+                .take_fresh::<Report>(Cloned, SystemTime::now())
+                .map(|e| e.value),
             Some(Report(vec![1, 2])),
             "the first stays"
         );
@@ -257,7 +262,7 @@ mod tests {
                 fresh_until_ms: 1,
             },
         );
-        assert!(resident.take_fresh::<Report>(Cloned).is_none());
+        assert!(resident.take_fresh::<Report>(Cloned, SystemTime::now()).is_none());
     }
 
     #[test]
@@ -278,7 +283,7 @@ mod tests {
                 },
             );
             assert_eq!(
-                resident.take_fresh::<Report>(Cloned).is_some(),
+                resident.take_fresh::<Report>(Cloned, SystemTime::now()).is_some(),
                 fresh,
                 "{fresh_until_ms}"
             );
@@ -295,6 +300,6 @@ mod tests {
                 fresh_until_ms: FAR,
             },
         );
-        assert!(resident.take_fresh::<Report>(Cloned).is_none());
+        assert!(resident.take_fresh::<Report>(Cloned, SystemTime::now()).is_none());
     }
 }

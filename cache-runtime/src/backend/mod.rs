@@ -307,6 +307,16 @@ impl Store {
         }
     }
 
+    /// Whether [`in_process`](Store::in_process) can find anything: the memory
+    /// store, or a tiered Redis store.
+    pub(crate) fn keeps_in_process(&self) -> bool {
+        match self {
+            Store::Redis(redis) => redis.keeps_copies(),
+            Store::Memory(_) => true,
+            Store::Off(_) => false,
+        }
+    }
+
     /// Frees the lease of `entry` if `token` still holds it, without waiting:
     /// what a computation that was dropped mid-way (its caller cancelled) or
     /// whose store failed leaves behind. The memory store frees it now; the Redis

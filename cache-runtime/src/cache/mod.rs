@@ -386,15 +386,23 @@ impl Cache {
     {
         let probe = self.inner.stats.probe_for(policy);
         let span = call_span!("get_or_compute", policy);
-        let outcome = match self.call_key(key.into(), policy, &probe, &span) {
-            Ok(entry) => {
-                within(
-                    &span,
-                    flow::lookup(&self.inner.shared, &entry, policy, &probe, share, compute),
-                )
-                .await
-            }
-            Err(()) => within(&span, Self::uncached(&probe, compute)).await,
+        let shared = &self.inner.shared;
+        let key = key.into();
+        // A call nobody traces looks in this process's memory before it renders
+        // its key for good (a traced one records the key first); a call whose
+        // policy is unusable goes the way that reports it.
+        let here = if span.is_disabled() && policy.unusable().is_none() {
+            flow::look_here(shared, &key, share, &probe)
+        } else {
+            None
+        };
+        let outcome = match here {
+            Some(Ok(kept)) => flow::hit(&probe, kept),
+            Some(Err((held, entry))) => flow::lookup_past(shared, &entry, policy, &probe, share, compute, held).await,
+            None => match self.call_key(key, policy, &probe, &span) {
+                Ok(entry) => within(&span, flow::lookup(shared, &entry, policy, &probe, share, compute)).await,
+                Err(()) => within(&span, Self::uncached(&probe, compute)).await,
+            },
         };
         span::record(&span, "outcome", probe.outcome());
         (outcome, self.status_of(&probe))

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use moka::sync::Cache as Moka;
@@ -22,13 +22,19 @@ struct Slot {
     /// The bytes, and the value they decode to once a hit kept it.
     resident: Resident,
     expires_at: Instant,
+    /// `expires_at` on the wall clock, which judges a kept value's freshness
+    /// too: a hit on a kept value reads one clock, not two. (Redis, which this
+    /// store mirrors, expires keys on the wall clock as well.)
+    expires_wall: SystemTime,
 }
 
 impl Slot {
     fn new(value: Bytes, expires_at: Instant) -> Slot {
+        let left = expires_at.saturating_duration_since(Instant::now());
         Slot {
             resident: Resident::new(value),
             expires_at,
+            expires_wall: SystemTime::now().checked_add(left).unwrap_or(SystemTime::UNIX_EPOCH),
         }
     }
 
@@ -177,17 +183,25 @@ impl MemoryStore {
     }
 
     fn live(&self, key: &str) -> Option<Slot> {
+        self.live_at(key).map(|(slot, _)| slot)
+    }
+
+    /// The entry at `key` unless it expired, and the time it was looked up at.
+    fn live_at(&self, key: &str) -> Option<(Slot, SystemTime)> {
         // moka hides expired entries, but its clock granularity lets one through
         // for a moment; check the deadline ourselves.
-        self.entries.get(key).filter(|slot| slot.expires_at > Instant::now())
+        let slot = self.entries.get(key)?;
+        let now = SystemTime::now();
+        (slot.expires_wall > now).then_some((slot, now))
     }
 
     /// The entry at `key` with its decoded value, for a hit that needs no
     /// decode when the value is kept.
     pub(crate) fn copy(&self, key: &str) -> Option<InProcess> {
-        self.live(key).map(|slot| InProcess {
+        self.live_at(key).map(|(slot, now)| InProcess {
             resident: slot.resident,
             copy: false,
+            looked_at: now,
         })
     }
 

@@ -127,9 +127,11 @@ impl L1 {
             return None;
         }
         let copy = self.copies.get(key)?;
-        (copy.fresh_until_ms > entry::unix_ms(SystemTime::now())).then_some(InProcess {
+        let now = SystemTime::now();
+        (copy.fresh_until_ms > entry::unix_ms(now)).then_some(InProcess {
             resident: copy.resident,
             copy: true,
+            looked_at: now,
         })
     }
 

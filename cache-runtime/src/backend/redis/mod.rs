@@ -135,6 +135,11 @@ impl RedisStore {
         self.l1.as_ref()?.copy(key)
     }
 
+    /// Whether this store keeps copies in process (it is tiered).
+    pub(crate) fn keeps_copies(&self) -> bool {
+        self.l1.is_some()
+    }
+
     /// Drops this process's copy of `key` from the first tier, if any.
     fn forget(&self, key: &str) {
         if let Some(l1) = &self.l1 {

@@ -508,10 +508,12 @@ pub(crate) fn canonical_digest<T: Serialize + ?Sized>(value: &T) -> Result<u128>
 /// keys sorted at every depth, no white space.
 fn write_canonical<T: Serialize + ?Sized>(buffer: &mut Vec<u8>, value: &T) -> Result<()> {
     buffer.clear();
-    // JSON without a `{` has no object whose keys could be out of order: it is
-    // canonical as written, which spares building a `Value` on every call.
-    serde_json::to_writer(&mut *buffer, &Tagged(value)).map_err(|e| Error::Key(e.to_string()))?;
-    if buffer.contains(&b'{') {
+    // JSON without a map or a struct has no object whose keys could be out of
+    // order: it is canonical as written, which spares building a `Value` on
+    // every call (and looking through the text for a `{`).
+    let (written, objects) = floats::objects_in(|| serde_json::to_writer(&mut *buffer, &Tagged(value)));
+    written.map_err(|e| Error::Key(e.to_string()))?;
+    if objects {
         let value = serde_json::to_value(Tagged(value)).map_err(|e| Error::Key(e.to_string()))?;
         buffer.clear();
         buffer.extend_from_slice(canonical_text(value).as_bytes());
@@ -710,6 +712,47 @@ mod tests {
         assert_eq!(
             canonical_json(&(map, Unsorted { z: 1, a: 2 })).unwrap(),
             r#"[{"a":2,"b":1},{"a":2,"z":1}]"#
+        );
+    }
+
+    #[test]
+    fn objects_are_sorted_wherever_they_are_and_whoever_digests_meanwhile() {
+        #[derive(serde::Serialize)]
+        struct Unsorted {
+            z: u8,
+            a: u8,
+        }
+        #[derive(serde::Serialize)]
+        enum E {
+            New(Unsorted),
+            Struct { y: u8, b: u8 },
+            One(u8),
+        }
+        /// Digests a key of its own while it is serialized, as a key argument may.
+        struct Digesting;
+        impl serde::Serialize for Digesting {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+                let _ = canonical_digest(&("no objects here", 1));
+                serializer.serialize_unit()
+            }
+        }
+        assert_eq!(
+            canonical_json(&(Some(Unsorted { z: 1, a: 2 }), E::New(Unsorted { z: 3, a: 4 }))).unwrap(),
+            r#"[{"a":2,"z":1},{"New":{"a":4,"z":3}}]"#
+        );
+        assert_eq!(
+            canonical_json(&[E::Struct { y: 1, b: 2 }]).unwrap(),
+            r#"[{"Struct":{"b":2,"y":1}}]"#
+        );
+        // The object came before the inner digest, which saw none: still sorted.
+        assert_eq!(
+            canonical_json(&(Unsorted { z: 1, a: 2 }, Digesting)).unwrap(),
+            r#"[{"a":2,"z":1},null]"#
+        );
+        // No map or struct: written as is, braces in strings and variants included.
+        assert_eq!(
+            canonical_json(&("{", E::One(5), f64::NAN)).unwrap(),
+            r#"["{",{"One":5},{"$aside:float":"nan"}]"#
         );
     }
 

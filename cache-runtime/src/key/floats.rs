@@ -7,6 +7,8 @@
 //! it did, through the wrapped serializer: keys of finite values are byte-identical to
 //! what `serde_json` alone produced. (`-0.0` needs nothing: JSON writes it `-0.0`.)
 
+use std::cell::Cell;
+
 use serde::ser::{
     Serialize, SerializeMap, SerializeSeq, SerializeStruct, SerializeStructVariant, SerializeTuple,
     SerializeTupleStruct, SerializeTupleVariant, Serializer,
@@ -26,6 +28,38 @@ pub(crate) fn name(value: f64) -> &'static str {
     } else {
         "-inf"
     }
+}
+
+thread_local! {
+    /// Whether a [`Tagged`] value serialized a map or a struct on this thread
+    /// since [`objects_in`] started looking.
+    static OBJECTS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `write`, which serializes [`Tagged`] values, and tells whether they
+/// held a map or a struct: an object whose keys a serializer writes in the
+/// value's own order. (A variant's one-key object needs no sorting.) When it
+/// cannot tell (the thread is ending), it says they did.
+pub(crate) fn objects_in<R>(write: impl FnOnce() -> R) -> (R, bool) {
+    let before = OBJECTS.try_with(|seen| seen.replace(false));
+    let written = write();
+    let seen = match before {
+        // A look inside another (a value's `Serialize` digesting a key of its
+        // own): the outer one keeps what it saw, and what this one saw too.
+        Ok(before) => OBJECTS
+            .try_with(|seen| {
+                let here = seen.get();
+                seen.set(before || here);
+                here
+            })
+            .unwrap_or(true),
+        Err(_) => true,
+    };
+    (written, seen)
+}
+
+fn saw_object() {
+    let _ = OBJECTS.try_with(|seen| seen.set(true));
 }
 
 /// `value`, serialized with non-finite floats tagged at every depth.
@@ -164,9 +198,11 @@ impl<S: Serializer> Serializer for Adapter<S> {
         self.0.serialize_tuple_variant(name, index, variant, len).map(Compound)
     }
     fn serialize_map(self, len: Option<usize>) -> Result<Self::SerializeMap, S::Error> {
+        saw_object();
         self.0.serialize_map(len).map(Compound)
     }
     fn serialize_struct(self, name: &'static str, len: usize) -> Result<Self::SerializeStruct, S::Error> {
+        saw_object();
         self.0.serialize_struct(name, len).map(Compound)
     }
     fn serialize_struct_variant(
@@ -176,6 +212,7 @@ impl<S: Serializer> Serializer for Adapter<S> {
         variant: &'static str,
         len: usize,
     ) -> Result<Self::SerializeStructVariant, S::Error> {
+        saw_object();
         self.0.serialize_struct_variant(name, index, variant, len).map(Compound)
     }
     fn collect_str<T: std::fmt::Display + ?Sized>(self, value: &T) -> Result<S::Ok, S::Error> {

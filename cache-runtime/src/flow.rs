@@ -514,7 +514,8 @@ pub(crate) fn lease_of<'c>(shared: &'c Shared, entry: &'c str, policy: &'c Polic
 
 /// `get_or_compute`: a fresh entry kept decoded in this process answers at
 /// once — no clock read, no lease terms, no [`Call`]; any other goes through
-/// a call: a hit decoding the bytes, a stale value, or a miss.
+/// a call: a hit decoding the bytes, a stale value, or a miss. `start`: whether
+/// this process's memory is still to be looked in ([`look_here`] may have).
 pub(crate) async fn lookup<O, F, Fut, S>(
     shared: &Shared,
     entry: &str,
@@ -522,6 +523,7 @@ pub(crate) async fn lookup<O, F, Fut, S>(
     probe: &Probe<'_>,
     share: S,
     compute: F,
+    start: Start,
 ) -> O
 where
     O: Outcome,
@@ -529,10 +531,17 @@ where
     Fut: Future<Output = O>,
     S: Sharing<O::Value>,
 {
-    match kept_fresh(shared, entry, share, probe) {
-        Ok(kept) => hit(probe, kept),
-        Err(held) => lookup_past(shared, entry, policy, probe, share, compute, held).await,
-    }
+    let held = match start {
+        Start::Here => match kept_fresh(shared, entry, share, probe) {
+            Ok(kept) => return hit(probe, kept),
+            Err(held) => held,
+        },
+        Start::Looked(held) => held,
+    };
+    Call::new(shared, entry, policy, probe, compute)
+        .sharing(share)
+        .lookup_past(held)
+        .await
 }
 
 /// [`lookup`]'s first step for a key not rendered yet: the full key written
@@ -561,28 +570,6 @@ pub(crate) fn hit<O: Outcome>(probe: &Probe<'_>, kept: Entry<O::Value>) -> O {
     O::from_cached(kept.value)
 }
 
-/// [`lookup`] once [`kept_fresh`] did not answer, with what it found held.
-pub(crate) async fn lookup_past<O, F, Fut, S>(
-    shared: &Shared,
-    entry: &str,
-    policy: &Policy,
-    probe: &Probe<'_>,
-    share: S,
-    compute: F,
-    held: Option<InProcess>,
-) -> O
-where
-    O: Outcome,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = O>,
-    S: Sharing<O::Value>,
-{
-    Call::new(shared, entry, policy, probe, compute)
-        .sharing(share)
-        .lookup_past(held)
-        .await
-}
-
 /// The entry this process holds (the memory store's own, or the tiered
 /// store's copy) if it is fresh and its value is kept decoded, handed out as
 /// `share` says (a tiered copy's counts as an L1 hit). Otherwise `Err` with
@@ -608,7 +595,7 @@ fn kept_fresh<T, S: Sharing<T>>(
 }
 
 /// Where a call's read starts.
-enum Start {
+pub(crate) enum Start {
     /// In this process's memory ([`kept_fresh`]).
     Here,
     /// Past it: what it holds of the entry, if anything.

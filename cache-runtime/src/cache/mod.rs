@@ -16,7 +16,7 @@ use crate::config::{BackendKind, Settings};
 use crate::entry;
 use crate::error::{Error, Result};
 use crate::events::{Events, Invalidation, InvalidationKind};
-use crate::flow::{self, Call, Shared};
+use crate::flow::{self, Call, Shared, Start};
 use crate::key::Key;
 use crate::lock::waiters::Waiters;
 use crate::outcome::Outcome;
@@ -398,9 +398,14 @@ impl Cache {
         };
         let outcome = match here {
             Some(Ok(kept)) => flow::hit(&probe, kept),
-            Some(Err((held, entry))) => flow::lookup_past(shared, &entry, policy, &probe, share, compute, held).await,
+            Some(Err((held, entry))) => {
+                flow::lookup(shared, &entry, policy, &probe, share, compute, Start::Looked(held)).await
+            }
             None => match self.call_key(key, policy, &probe, &span) {
-                Ok(entry) => within(&span, flow::lookup(shared, &entry, policy, &probe, share, compute)).await,
+                Ok(entry) => {
+                    let lookup = flow::lookup(shared, &entry, policy, &probe, share, compute, Start::Here);
+                    within(&span, lookup).await
+                }
                 Err(()) => within(&span, Self::uncached(&probe, compute)).await,
             },
         };

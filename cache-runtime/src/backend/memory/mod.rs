@@ -21,21 +21,23 @@ use crate::share::{InProcess, Resident};
 struct Slot {
     /// The bytes, and the value they decode to once a hit kept it.
     resident: Resident,
-    expires_at: Instant,
-    /// `expires_at` on the wall clock, which judges a kept value's freshness
-    /// too: a hit on a kept value reads one clock, not two. (Redis, which this
-    /// store mirrors, expires keys on the wall clock as well.)
-    expires_wall: SystemTime,
+    /// When the entry expires, on the wall clock, as Redis (which this store
+    /// mirrors) expires keys: the clock a kept value's freshness is judged by
+    /// too, so a hit reads one clock.
+    expires_at: SystemTime,
 }
 
 impl Slot {
-    fn new(value: Bytes, expires_at: Instant) -> Slot {
-        let left = expires_at.saturating_duration_since(Instant::now());
+    fn new(value: Bytes, expires_at: SystemTime) -> Slot {
         Slot {
             resident: Resident::new(value),
             expires_at,
-            expires_wall: SystemTime::now().checked_add(left).unwrap_or(SystemTime::UNIX_EPOCH),
         }
+    }
+
+    /// How long the entry has left at `now`.
+    fn left(&self, now: SystemTime) -> Duration {
+        self.expires_at.duration_since(now).unwrap_or_default()
     }
 
     fn value(&self) -> Bytes {
@@ -52,12 +54,12 @@ impl super::Weighed for Slot {
 struct ExpiresAt;
 
 impl Expiry<String, Slot> for ExpiresAt {
-    fn expire_after_create(&self, _: &String, slot: &Slot, now: Instant) -> Option<Duration> {
-        Some(slot.expires_at.saturating_duration_since(now))
+    fn expire_after_create(&self, _: &String, slot: &Slot, _: Instant) -> Option<Duration> {
+        Some(slot.left(SystemTime::now()))
     }
 
-    fn expire_after_update(&self, _: &String, slot: &Slot, now: Instant, _: Option<Duration>) -> Option<Duration> {
-        Some(slot.expires_at.saturating_duration_since(now))
+    fn expire_after_update(&self, _: &String, slot: &Slot, _: Instant, _: Option<Duration>) -> Option<Duration> {
+        Some(slot.left(SystemTime::now()))
     }
 }
 
@@ -192,7 +194,7 @@ impl MemoryStore {
         // for a moment; check the deadline ourselves.
         let slot = self.entries.get(key)?;
         let now = SystemTime::now();
-        (slot.expires_wall > now).then_some((slot, now))
+        (slot.expires_at > now).then_some((slot, now))
     }
 
     /// The entry at `key` with its decoded value, for a hit that needs no
@@ -280,7 +282,7 @@ impl MemoryStore {
         leases.remove(entry);
         self.entries
             .remove(entry)
-            .is_some_and(|slot| slot.expires_at > Instant::now())
+            .is_some_and(|slot| slot.expires_at > SystemTime::now())
     }
 }
 
@@ -295,7 +297,7 @@ impl Backend for MemoryStore {
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
         self.entries
-            .insert(key.to_owned(), Slot::new(value, Instant::now() + ttl));
+            .insert(key.to_owned(), Slot::new(value, SystemTime::now() + ttl));
         Ok(())
     }
 
@@ -304,9 +306,7 @@ impl Backend for MemoryStore {
     }
 
     async fn ttl(&self, key: &str) -> Result<Option<Duration>> {
-        Ok(self
-            .live(key)
-            .map(|slot| slot.expires_at.saturating_duration_since(Instant::now())))
+        Ok(self.live_at(key).map(|(slot, now)| slot.left(now)))
     }
 
     async fn ping(&self) -> Result<Duration> {
@@ -387,7 +387,7 @@ impl Backend for MemoryStore {
             }
             leases.remove(entry);
             self.entries
-                .insert(entry.to_owned(), Slot::new(value, Instant::now() + ttl));
+                .insert(entry.to_owned(), Slot::new(value, SystemTime::now() + ttl));
         }
         self.wake.wake(entry);
         Ok(true)

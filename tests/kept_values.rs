@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ on_backends!(
     hits_clone_the_kept_value_instead_of_decoding,
     an_invalidation_ends_the_kept_value,
     a_kept_value_is_not_served_past_its_fresh_life,
+    no_call_after_a_write_returned_answers_an_older_value,
 );
 
 on_backends!(
@@ -191,6 +192,60 @@ async fn an_invalidation_ends_the_kept_value(fx: Fixture) {
     assert_eq!(third.n, 3);
     assert_eq!(counted(&cache, &name, &runs).await.unwrap(), third);
     assert_eq!(runs.load(Ordering::SeqCst), 3);
+}
+
+/// Tasks on both workers hit one key over and over while it is refreshed and
+/// invalidated: once a write returned, no call that starts after it answers a
+/// value older than the write (each thread answers a hot key from its own
+/// recent hits, which every change must end).
+async fn no_call_after_a_write_returned_answers_an_older_value(fx: Fixture) {
+    let cache = in_process(&fx).await;
+    let name = name("linear", &fx);
+    let runs = Arc::new(AtomicUsize::new(0));
+    // The lowest `n` a call starting now may answer.
+    let floor = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    counted(&cache, &name, &runs).await.unwrap();
+    let hitters: Vec<_> = (0..8)
+        .map(|_| {
+            let (cache, name, runs) = (cache.clone(), name.clone(), Arc::clone(&runs));
+            let (floor, stop) = (Arc::clone(&floor), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut calls = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let lowest = floor.load(Ordering::SeqCst);
+                    let got = counted(&cache, &name, &runs).await.unwrap().n;
+                    assert!(
+                        got >= lowest,
+                        "answered {got} after a write that made {lowest} the oldest"
+                    );
+                    calls += 1;
+                    if calls % 64 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                calls
+            })
+        })
+        .collect();
+    for round in 0..100 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if round % 2 == 0 {
+            let written = counted_refresh(&cache, &name, &runs).await.unwrap().n;
+            floor.store(written, Ordering::SeqCst);
+        } else {
+            // What any computation started before the invalidation counted.
+            let before = runs.load(Ordering::SeqCst);
+            assert!(counted_invalidate(&cache, &name).await.is_ok());
+            floor.store(before + 1, Ordering::SeqCst);
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut calls = 0;
+    for hitter in hitters {
+        calls += hitter.await.expect("a hitter saw an older value");
+    }
+    assert!(calls > 1_000, "only {calls} calls: the check checked little");
 }
 
 async fn a_kept_value_is_not_served_past_its_fresh_life(fx: Fixture) {

@@ -11,7 +11,7 @@
 
 use std::any::Any;
 use std::marker::PhantomData;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -159,6 +159,19 @@ impl Resident {
         &self.0.bytes
     }
 
+    /// When the kept value stops being fresh, if a value is kept.
+    pub(crate) fn fresh_until(&self) -> Option<SystemTime> {
+        let kept = self.0.decoded.get()?;
+        // Past what a `SystemTime` holds: said to end now, which only keeps
+        // it out of a thread's recent hits.
+        Some(kept.fresh_until.unwrap_or(UNIX_EPOCH))
+    }
+
+    /// A reference that does not keep the entry in memory.
+    pub(crate) fn downgrade(&self) -> WeakResident {
+        WeakResident(Arc::downgrade(&self.0))
+    }
+
     /// The kept entry, if it is fresh at `now`, a `T`, and `share` hands it
     /// out. (A stale one is decoded again from the bytes, as stale.)
     pub(crate) fn take_fresh<T>(&self, share: impl Sharing<T>, now: SystemTime) -> Option<Entry<T>> {
@@ -185,6 +198,22 @@ impl Resident {
                 value: kept,
             });
         }
+    }
+}
+
+/// A [`Resident`] that does not keep it in memory: what a thread's recent
+/// hits hold (see [`InProcessMap`](crate::backend::in_process::InProcessMap)).
+pub(crate) struct WeakResident(Weak<Held>);
+
+impl WeakResident {
+    /// The entry, if something still holds it.
+    pub(crate) fn upgrade(&self) -> Option<Resident> {
+        self.0.upgrade().map(Resident)
+    }
+
+    /// Whether this refers to `resident`.
+    pub(crate) fn is(&self, resident: &Resident) -> bool {
+        std::ptr::eq(self.0.as_ptr(), Arc::as_ptr(&resident.0))
     }
 }
 

@@ -20,6 +20,9 @@ use bytes::Bytes;
 use crate::error::Result;
 use crate::share::InProcess;
 
+pub(crate) use in_process::{InProcessMap, Stored};
+
+pub(crate) mod in_process;
 pub(crate) mod memory;
 pub(crate) mod off;
 pub(crate) mod redis;
@@ -52,42 +55,6 @@ pub(crate) struct Record<'a> {
     pub(crate) lifetime: Duration,
     /// The TTL ceiling: no tag set outlives it.
     pub(crate) ceiling: Duration,
-}
-
-/// Something an in-process store keeps per key, and how many bytes it holds.
-pub(crate) trait Weighed {
-    /// The bytes the value holds (its key is counted apart).
-    fn bytes(&self) -> usize;
-}
-
-/// How an in-process store hashes its keys: foldhash, seeded at random per
-/// store. Every hit hashes its full key once, and SipHash (moka's default) spent
-/// about 330 instructions of a ~4,400-instruction memory hit on a 72-byte key;
-/// foldhash's `quality` variant, made for hash tables and seeded per process as
-/// SipHash is, takes a fraction of that.
-pub(crate) type KeyHasher = foldhash::quality::RandomState;
-
-/// An in-process store's moka cache of `V` by full entry key.
-pub(crate) type InProcessMap<V> = moka::sync::Cache<String, V, KeyHasher>;
-
-/// A moka cache of byte-holding values by key, bounded by `capacity`: so many
-/// entries, or so many bytes of keys and values. One definition for the memory
-/// store and the tiered store's first tier, so `CACHE_MEMORY_CAPACITY` means
-/// the same in both.
-pub(crate) fn bounded<V>(
-    builder: moka::sync::CacheBuilder<String, V, moka::sync::Cache<String, V>>,
-    capacity: crate::config::MemoryCapacity,
-) -> InProcessMap<V>
-where
-    V: Weighed + Clone + Send + Sync + 'static,
-{
-    match capacity {
-        crate::config::MemoryCapacity::Entries(n) => builder.max_capacity(n).build_with_hasher(KeyHasher::default()),
-        crate::config::MemoryCapacity::Bytes(n) => builder
-            .max_capacity(n)
-            .weigher(|key: &String, value: &V| u32::try_from(key.len() + value.bytes()).unwrap_or(u32::MAX))
-            .build_with_hasher(KeyHasher::default()),
-    }
 }
 
 /// A lease token: unique across processes (a per-process random seed and a

@@ -45,9 +45,13 @@ impl Slot {
     }
 }
 
-impl super::Weighed for Slot {
-    fn bytes(&self) -> usize {
-        self.resident.bytes().len()
+impl super::Stored for Slot {
+    fn resident(&self) -> &Resident {
+        &self.resident
+    }
+
+    fn until(&self) -> SystemTime {
+        self.expires_at
     }
 }
 
@@ -174,7 +178,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl MemoryStore {
     pub(crate) fn new(capacity: MemoryCapacity, wake: Arc<dyn Wake>) -> MemoryStore {
-        let entries = super::bounded(Moka::builder().expire_after(ExpiresAt), capacity);
+        let entries = super::InProcessMap::bounded(Moka::builder().expire_after(ExpiresAt), capacity);
         MemoryStore {
             entries,
             tags: (0..TAG_SHARDS).map(|_| Mutex::default()).collect(),
@@ -184,24 +188,17 @@ impl MemoryStore {
         }
     }
 
+    /// The entry at `key` unless it expired.
     fn live(&self, key: &str) -> Option<Slot> {
-        self.live_at(key).map(|(slot, _)| slot)
-    }
-
-    /// The entry at `key` unless it expired, and the time it was looked up at.
-    fn live_at(&self, key: &str) -> Option<(Slot, SystemTime)> {
-        // moka hides expired entries, but its clock granularity lets one through
-        // for a moment; check the deadline ourselves.
-        let slot = self.entries.get(key)?;
-        let now = SystemTime::now();
-        (slot.expires_at > now).then_some((slot, now))
+        self.entries.get(key, SystemTime::now())
     }
 
     /// The entry at `key` with its decoded value, for a hit that needs no
     /// decode when the value is kept.
     pub(crate) fn copy(&self, key: &str) -> Option<InProcess> {
-        self.live_at(key).map(|(slot, now)| InProcess {
-            resident: slot.resident,
+        let now = SystemTime::now();
+        self.entries.hit(key, now).map(|resident| InProcess {
+            resident,
             copy: false,
             looked_at: now,
         })
@@ -306,7 +303,8 @@ impl Backend for MemoryStore {
     }
 
     async fn ttl(&self, key: &str) -> Result<Option<Duration>> {
-        Ok(self.live_at(key).map(|(slot, now)| slot.left(now)))
+        let now = SystemTime::now();
+        Ok(self.entries.get(key, now).map(|slot| slot.left(now)))
     }
 
     async fn ping(&self) -> Result<Duration> {
@@ -433,12 +431,7 @@ impl Backend for MemoryStore {
             .filter(|k| glob::matches(pattern, k))
             .cloned()
             .collect();
-        let stored: Vec<String> = self
-            .entries
-            .iter()
-            .map(|(k, _)| k.to_string())
-            .filter(|k| glob::matches(pattern, k))
-            .collect();
+        let stored: Vec<String> = self.entries.keys().filter(|k| glob::matches(pattern, k)).collect();
         let mut removed = 0;
         for entry in leased.iter().chain(&stored) {
             removed += u64::from(self.remove_entry_and_lease(entry));

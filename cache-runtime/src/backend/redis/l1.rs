@@ -38,12 +38,10 @@ use crate::share::{InProcess, Resident};
 pub(crate) const BEAT: Duration = Duration::from_millis(100);
 
 /// How long a heard heartbeat keeps the tier usable.
-pub(crate) const CONFIRMED_FOR: Duration = Duration::from_millis(500);
+const CONFIRMED_FOR: Duration = Duration::from_millis(500);
 
-/// `duration` in whole milliseconds, saturating.
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
+/// [`CONFIRMED_FOR`] in milliseconds, as hits compare it.
+const CONFIRMED_FOR_MS: u64 = CONFIRMED_FOR.as_secs() * 1_000 + CONFIRMED_FOR.subsec_millis() as u64;
 
 /// Generation shards: an eviction of one key stops fills of the keys of its shard only.
 const SHARDS: usize = 64;
@@ -53,12 +51,16 @@ const SHARDS: usize = 64;
 #[derive(Clone)]
 struct Copy {
     resident: Resident,
-    fresh_until_ms: u64,
+    fresh_until: SystemTime,
 }
 
-impl crate::backend::Weighed for Copy {
-    fn bytes(&self) -> usize {
-        self.resident.bytes().len()
+impl crate::backend::Stored for Copy {
+    fn resident(&self) -> &Resident {
+        &self.resident
+    }
+
+    fn until(&self) -> SystemTime {
+        self.fresh_until
     }
 }
 
@@ -67,8 +69,7 @@ struct FreshLife;
 
 impl Expiry<String, Copy> for FreshLife {
     fn expire_after_create(&self, _: &String, copy: &Copy, _: Instant) -> Option<Duration> {
-        let now = entry::unix_ms(SystemTime::now());
-        Some(Duration::from_millis(copy.fresh_until_ms.saturating_sub(now)))
+        Some(copy.fresh_until.duration_since(SystemTime::now()).unwrap_or_default())
     }
 }
 
@@ -76,12 +77,13 @@ impl Expiry<String, Copy> for FreshLife {
 pub(crate) struct L1 {
     copies: crate::backend::InProcessMap<Copy>,
     generations: [AtomicU64; SHARDS],
-    /// When this process last heard its own heartbeat: milliseconds since
-    /// `origin`, plus one; 0 for never (or since the subscription was lost).
-    /// An atomic, not a lock: every hit on a copy reads it.
+    /// When this process last heard its own heartbeat, in Unix milliseconds,
+    /// plus one; 0 for never (or since the subscription was lost). On the wall
+    /// clock, which every hit reads anyway for the copy's freshness: a
+    /// confirmation counts only from when it was heard, so a clock stepped
+    /// back ends it rather than stretching it. An atomic, not a lock: every
+    /// hit on a copy reads it.
     confirmed_at: AtomicU64,
-    /// The instant `confirmed_at` counts from.
-    origin: Instant,
     /// Whether copies may be served (and were, since they were last dropped).
     usable: AtomicBool,
     /// This process's heartbeat payload.
@@ -100,12 +102,11 @@ impl std::fmt::Debug for L1 {
 impl L1 {
     /// A tier bounded by `capacity`, whose heartbeat is `beat` (unique per store).
     pub(crate) fn new(capacity: MemoryCapacity, beat: String) -> L1 {
-        let copies = crate::backend::bounded(Moka::builder().expire_after(FreshLife), capacity);
+        let copies = crate::backend::InProcessMap::bounded(Moka::builder().expire_after(FreshLife), capacity);
         L1 {
             copies,
             generations: std::array::from_fn(|_| AtomicU64::new(0)),
             confirmed_at: AtomicU64::new(0),
-            origin: Instant::now(),
             usable: AtomicBool::new(false),
             beat,
         }
@@ -123,13 +124,13 @@ impl L1 {
 
     /// [`get`](L1::get), with the cell of the copy's decoded value.
     pub(crate) fn copy(&self, key: &str) -> Option<InProcess> {
-        if !self.check_usable() {
+        let now = SystemTime::now();
+        if !self.check_usable(now) {
             return None;
         }
-        let copy = self.copies.get(key)?;
-        let now = SystemTime::now();
-        (copy.fresh_until_ms > entry::unix_ms(now)).then_some(InProcess {
-            resident: copy.resident,
+        let resident = self.copies.hit(key, now)?;
+        Some(InProcess {
+            resident,
             copy: true,
             looked_at: now,
         })
@@ -144,20 +145,23 @@ impl L1 {
     /// unless the key was evicted since, the entry is not fresh, or the tier is
     /// not usable.
     pub(crate) fn fill(&self, key: &str, bytes: &Bytes, generation: u64) {
-        if !self.check_usable() || self.generation(key) != generation {
+        let now = SystemTime::now();
+        if !self.check_usable(now) || self.generation(key) != generation {
             return;
         }
-        let Some(fresh_until_ms) = entry::fresh_until(bytes) else {
+        let Some(fresh_until) =
+            entry::fresh_until(bytes).and_then(|ms| SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
+        else {
             return;
         };
-        if fresh_until_ms <= entry::unix_ms(SystemTime::now()) {
+        if fresh_until <= now {
             return;
         }
         self.copies.insert(
             key.to_owned(),
             Copy {
                 resident: Resident::new(bytes.clone()),
-                fresh_until_ms,
+                fresh_until,
             },
         );
         // An eviction between the check and the insert bumped the generation
@@ -184,7 +188,7 @@ impl L1 {
     /// The subscriber heard this process's heartbeat.
     pub(crate) fn confirmed(&self) {
         self.confirmed_at
-            .store(self.since_origin_ms().saturating_add(1), Ordering::Release);
+            .store(entry::unix_ms(SystemTime::now()).saturating_add(1), Ordering::Release);
     }
 
     /// The subscription was lost: nothing heard from now on can be trusted to be complete.
@@ -194,11 +198,14 @@ impl L1 {
         self.evict_all();
     }
 
-    /// Whether copies may be served now; drops them all when the channel
-    /// stopped being confirmed, and starts from none when it is confirmed again.
-    fn check_usable(&self) -> bool {
+    /// Whether copies may be served at `now`: the channel was confirmed within
+    /// [`CONFIRMED_FOR`] before it (not after: the clock was stepped back).
+    /// Drops the copies when it stopped being confirmed, and starts from none
+    /// when it is confirmed again.
+    fn check_usable(&self, now: SystemTime) -> bool {
         let heard = self.confirmed_at.load(Ordering::Acquire);
-        let confirmed = heard != 0 && self.since_origin_ms() < (heard - 1).saturating_add(millis(CONFIRMED_FOR));
+        let now = entry::unix_ms(now);
+        let confirmed = heard != 0 && (heard - 1..(heard - 1).saturating_add(CONFIRMED_FOR_MS)).contains(&now);
         // Read first, written only on a change: hits on every core read this
         // flag, and a write on each would pass its cache line between them.
         if self.usable.load(Ordering::Acquire) != confirmed
@@ -210,11 +217,6 @@ impl L1 {
             self.evict_all();
         }
         confirmed
-    }
-
-    /// Milliseconds since `origin`.
-    fn since_origin_ms(&self) -> u64 {
-        millis(self.origin.elapsed())
     }
 
     fn shard(&self, key: &str) -> &AtomicU64 {
@@ -289,6 +291,23 @@ mod tests {
             "{} bytes",
             bytes.copies.weighted_size()
         );
+    }
+
+    #[test]
+    fn a_confirmation_counts_from_when_it_was_heard_for_its_length_only() {
+        let l1 = l1();
+        let now = SystemTime::now();
+        assert!(l1.check_usable(now));
+        assert!(
+            !l1.check_usable(now - Duration::from_secs(1)),
+            "the clock stepped back past the beat"
+        );
+        assert!(
+            !l1.check_usable(now + CONFIRMED_FOR + Duration::from_millis(5)),
+            "no beat heard since"
+        );
+        l1.confirmed();
+        assert!(l1.check_usable(SystemTime::now()));
     }
 
     #[test]

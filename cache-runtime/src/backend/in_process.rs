@@ -68,7 +68,8 @@ pub(crate) struct InProcessMap<V> {
     id: u64,
     /// Boxed: the map is part of a store, which is moved about while built.
     epochs: Box<[AtomicU64; SHARDS]>,
-    /// Picks a key's slot and shard (fixed seed: a collision costs a moka `get`).
+    /// Picks a key's slot and shard (a fixed seed, the map's id: a collision
+    /// costs a moka `get`, nothing more).
     hasher: foldhash::fast::FixedState,
 }
 
@@ -106,11 +107,14 @@ impl<V: Stored> InProcessMap<V> {
                 })
                 .build_with_hasher(KeyHasher::default()),
         };
+        let id = IDS.fetch_add(1, Ordering::Relaxed);
         InProcessMap {
             map,
-            id: IDS.fetch_add(1, Ordering::Relaxed),
+            id,
             epochs: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
-            hasher: foldhash::fast::FixedState::default(),
+            // Seeded by the map: one key in two maps (a memory cache and a
+            // tiered one of the same namespace) mostly lands in two slots.
+            hasher: foldhash::fast::FixedState::with_seed(id),
         }
     }
 

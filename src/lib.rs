@@ -8,7 +8,7 @@ pub use cache_runtime::AfterCommit;
 pub use cache_runtime::CacheStatus;
 pub use cache_runtime::{
     config, expire_key, expire_tag, invalidate_key, invalidate_pattern, invalidate_tag, key, policy, stats,
-    BackendKind, BreakerState, Cache, CacheBuilder, Counters, EntryFormat, Error, Events, Invalidation,
+    BackendKind, BreakerState, Cache, CacheBuilder, Counters, EntryFormat, Error, Events, InProcessSize, Invalidation,
     InvalidationKind, Key, MemoryCapacity, NodeBreaker, Outcome, Plain, Policy, RedisTarget, Result, Settings, Stats,
     TTL_CEILING,
 };

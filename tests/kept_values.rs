@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use aside::{cached, Cache, CacheStatus};
+use aside::{cached, Cache, CacheStatus, MemoryCapacity, Plain, Policy};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use support::Fixture;
@@ -29,6 +29,7 @@ on_backends!(
     an_invalidation_ends_the_kept_value,
     a_kept_value_is_not_served_past_its_fresh_life,
     no_call_after_a_write_returned_answers_an_older_value,
+    what_is_held_in_process_stays_within_its_capacity,
 );
 
 on_backends!(
@@ -246,6 +247,47 @@ async fn no_call_after_a_write_returned_answers_an_older_value(fx: Fixture) {
         calls += hitter.await.expect("a hitter saw an older value");
     }
     assert!(calls > 1_000, "only {calls} calls: the check checked little");
+}
+
+/// Ten times more ~1 KB entries than fit, read through a store bounded at
+/// 100 KB (the memory store, or a tier): what it holds, as `Cache::stats`
+/// reports it, stays within the bound, and is not nothing.
+async fn what_is_held_in_process_stays_within_its_capacity(fx: Fixture) {
+    const BOUND: u64 = 100_000;
+    let builder = fx.builder().memory_capacity(MemoryCapacity::Bytes(BOUND));
+    let cache = if fx.is_memory() {
+        builder.build().await.expect("a memory cache")
+    } else {
+        let cache = builder.tiered().build().await.expect("a tiered cache");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        cache
+    };
+    let policy = Policy::new(Duration::from_secs(300));
+    let page = "x".repeat(1_000);
+    for pass in 0..2 {
+        for n in 0..1_000 {
+            let Plain(value) = cache
+                .get_or_compute(format!("held-{n}"), &policy, || async { Plain(page.clone()) })
+                .await;
+            assert_eq!(value.len(), 1_000, "pass {pass}, entry {n}");
+        }
+        if pass == 0 && !fx.is_memory() {
+            // The stores' announcements evict the copies their reads made.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    let held = cache.stats().in_process;
+    assert!(held.weight <= BOUND, "{held:?} over {BOUND} bytes");
+    assert!(held.entries > 10, "{held:?}: nothing kept");
+    assert!(held.entries < 110, "{held:?}: ~1 KB each cannot be more than 100");
+    let untiered = fx.builder().build().await.expect("a cache");
+    if !fx.is_memory() {
+        assert_eq!(
+            untiered.stats().in_process.entries,
+            0,
+            "Redis without a tier holds nothing"
+        );
+    }
 }
 
 async fn a_kept_value_is_not_served_past_its_fresh_life(fx: Fixture) {

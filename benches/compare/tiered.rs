@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use aside::{Cache, Policy};
+use aside::{Cache, MemoryCapacity, Policy};
 
 use crate::{compare, redis_url, report, Contender, Group, Report, Results, Settings, Side};
 
@@ -90,6 +90,72 @@ pub async fn hit_path(s: &Settings, results: &mut Results) {
     }
     assert_eq!(COMPUTATIONS.load(Ordering::Relaxed), 0, "a hit computed");
     propagation(if s.quick { 50 } else { 300 }).await;
+    bound(if s.quick { 2_000 } else { 10_000 }).await;
+}
+
+/// `keys` entries of ~1 KB read twice through a tier with room for a tenth of
+/// them, and through one with room for all: what each tier holds then (as
+/// `Cache::stats` reports it, against its bound), and how many reads of the
+/// second pass it answered.
+async fn bound(keys: usize) {
+    let policy = Policy::new(Duration::from_secs(600));
+    let entry = 925 + 40; // the entry's bytes and its key, as the tier weighs them
+    let mut lines = Vec::new();
+    for (room, capacity) in [
+        ("a tenth of them", (keys / 10 * entry) as u64),
+        ("all of them", (keys * entry * 2) as u64),
+    ] {
+        let cache = Cache::builder()
+            .redis_url(redis_url())
+            .namespace(format!("bench-tiered-bound-{}", capacity))
+            .tiered()
+            .memory_capacity(MemoryCapacity::Bytes(capacity))
+            .build()
+            .await
+            .expect("tiered");
+        let pass = |cache: Cache| {
+            let policy = policy.clone();
+            async move {
+                let tasks: Vec<_> = (0..64)
+                    .map(|task| {
+                        let (cache, policy) = (cache.clone(), policy.clone());
+                        tokio::spawn(async move {
+                            for n in (task..keys).step_by(64) {
+                                let aside::Plain(value) = cache
+                                    .get_or_compute(format!("entry-{n}"), &policy, || async { aside::Plain(report()) })
+                                    .await;
+                                std::hint::black_box(value);
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.expect("a pass");
+                }
+            }
+        };
+        // Stored, then (their announcements heard) read into the tier, then read again.
+        pass(cache.clone()).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        pass(cache.clone()).await;
+        let l1_before = cache.stats().total.l1_hits;
+        pass(cache.clone()).await;
+        let stats = cache.stats();
+        let answered = stats.total.l1_hits - l1_before;
+        let held = stats.in_process;
+        assert!(held.weight <= capacity, "the tier outgrew its bound: {held:?}");
+        lines.push(format!(
+            "room for {room} (bound {:.2} MB): holds {} entries, {:.2} MB; answered {answered} of the {keys} reads \
+             of the second pass",
+            capacity as f64 / 1e6,
+            held.entries,
+            held.weight as f64 / 1e6
+        ));
+    }
+    println!(
+        "# tiered: {keys} entries of ~1 KB read through a tier, twice: {}",
+        lines.join("; ")
+    );
 }
 
 /// Process A (64 tasks of hits on a tiered cache) and process B (another tiered

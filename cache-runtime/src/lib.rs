@@ -62,7 +62,7 @@ pub use events::{Events, Invalidation, InvalidationKind};
 pub use key::Key;
 pub use outcome::{Adaptive, Outcome, Plain};
 pub use policy::Policy;
-pub use stats::{Counters, Stats};
+pub use stats::{Counters, InProcessSize, Stats};
 pub use status::CacheStatus;
 
 /// Where every cache's counters go besides its own cells: the `metrics` exporter

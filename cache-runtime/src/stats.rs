@@ -242,6 +242,17 @@ impl Counters {
     }
 }
 
+/// What a cache holds in this process's memory: see [`Stats::in_process`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InProcessSize {
+    /// Entries held.
+    pub entries: u64,
+    /// Their weight as `CACHE_MEMORY_CAPACITY` counts it: the entries, for a
+    /// capacity in entries; bytes of keys and encoded values, for one in bytes.
+    pub weight: u64,
+}
+
 /// A snapshot of every counter of a [`Cache`](crate::Cache).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -266,6 +277,10 @@ pub struct Stats {
     /// the cluster's shared breaker, of requests no master is known for (before
     /// the slot map is read).
     pub breakers: BTreeMap<String, NodeBreaker>,
+    /// What this process holds in memory, once pending evictions ran: the
+    /// memory store's entries, or a tiered store's copies (none for Redis
+    /// without a tier, and off). Its weight stays within `CACHE_MEMORY_CAPACITY`.
+    pub in_process: InProcessSize,
 }
 
 impl Stats {

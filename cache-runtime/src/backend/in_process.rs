@@ -36,6 +36,7 @@ use std::time::SystemTime;
 
 use crate::config::MemoryCapacity;
 use crate::share::{Resident, WeakResident};
+use crate::stats::InProcessSize;
 
 /// What an in-process map keeps per key.
 pub(crate) trait Stored: Clone + Send + Sync + 'static {
@@ -191,6 +192,15 @@ impl<V: Stored> InProcessMap<V> {
     #[cfg(test)]
     pub(crate) fn run_pending_tasks(&self) {
         self.map.run_pending_tasks();
+    }
+
+    /// What the map holds once its pending evictions ran.
+    pub(crate) fn size(&self) -> InProcessSize {
+        self.map.run_pending_tasks();
+        InProcessSize {
+            entries: self.map.entry_count(),
+            weight: self.map.weighted_size(),
+        }
     }
 
     fn shard(&self, hash: u64) -> &AtomicU64 {

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use crate::error::Result;
 use crate::share::InProcess;
 
+pub(crate) use crate::stats::InProcessSize;
 pub(crate) use in_process::{InProcessMap, Stored};
 
 pub(crate) mod in_process;
@@ -271,6 +272,15 @@ impl Store {
             Store::Redis(redis) => redis.copy(key),
             Store::Memory(memory) => memory.copy(key),
             Store::Off(_) => None,
+        }
+    }
+
+    /// What this process holds: the memory store's entries or the tier's copies.
+    pub(crate) fn in_process_size(&self) -> InProcessSize {
+        match self {
+            Store::Redis(redis) => redis.copies_size(),
+            Store::Memory(memory) => memory.size(),
+            Store::Off(_) => InProcessSize::default(),
         }
     }
 

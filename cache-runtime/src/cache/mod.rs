@@ -706,6 +706,7 @@ impl Cache {
     /// ```
     pub fn stats(&self) -> Stats {
         let mut stats = self.inner.stats.snapshot();
+        stats.in_process = self.store().in_process_size();
         if let Store::Redis(store) = &**self.store() {
             let breakers = store.breakers();
             stats.breaker = breakers.state();

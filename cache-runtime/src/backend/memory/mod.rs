@@ -188,6 +188,11 @@ impl MemoryStore {
         }
     }
 
+    /// What the store holds.
+    pub(crate) fn size(&self) -> super::InProcessSize {
+        self.entries.size()
+    }
+
     /// The entry at `key` unless it expired.
     fn live(&self, key: &str) -> Option<Slot> {
         self.entries.get(key, SystemTime::now())

@@ -112,6 +112,11 @@ impl L1 {
         }
     }
 
+    /// What the tier holds.
+    pub(crate) fn size(&self) -> crate::backend::InProcessSize {
+        self.copies.size()
+    }
+
     /// The heartbeat this process publishes and listens for.
     pub(crate) fn beat(&self) -> &str {
         &self.beat

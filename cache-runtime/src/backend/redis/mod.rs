@@ -135,6 +135,11 @@ impl RedisStore {
         self.l1.as_ref()?.copy(key)
     }
 
+    /// What the first tier holds (nothing, untiered).
+    pub(crate) fn copies_size(&self) -> crate::backend::InProcessSize {
+        self.l1.as_ref().map(|l1| l1.size()).unwrap_or_default()
+    }
+
     /// Whether this store keeps copies in process (it is tiered).
     pub(crate) fn keeps_copies(&self) -> bool {
         self.l1.is_some()

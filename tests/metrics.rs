@@ -288,14 +288,25 @@ fn every_metric_has_its_help_text_and_the_histogram_its_unit() {
                 let Plain(_) = cache.get_or_compute("described", &policy, || async { Plain(1) }).await;
             }
             assert_eq!(cache.invalidate_tag("described").await.unwrap(), 1);
+            let Plain(_) = cache
+                .get_or_compute("kept", &Policy::default(), || async { Plain(2) })
+                .await;
             // Describes every metric on this recorder (the first event describes them
             // once per process, on whichever recorder is current).
             aside::metrics::sample(&cache);
         });
     });
-    let described: HashMap<String, (Option<metrics::Unit>, String)> = snapshotter
-        .snapshot()
-        .into_vec()
+    let snapshot = snapshotter.snapshot().into_vec();
+    let gauge = |name: &str| {
+        snapshot.iter().find_map(|(key, _, _, value)| match value {
+            metrics_util::debugging::DebugValue::Gauge(value) if key.key().name() == name => Some(value.into_inner()),
+            _ => None,
+        })
+    };
+    // One entry was invalidated, the other is held: its key and bytes weigh.
+    assert_eq!(gauge(names::IN_PROCESS_ENTRIES), Some(1.0));
+    assert!(gauge(names::IN_PROCESS_WEIGHT).is_some_and(|bytes| bytes > 10.0));
+    let described: HashMap<String, (Option<metrics::Unit>, String)> = snapshot
         .into_iter()
         .map(|(key, unit, description, _)| {
             let name = key.key().name().to_owned();
@@ -309,6 +320,8 @@ fn every_metric_has_its_help_text_and_the_histogram_its_unit() {
         names::COMPUTATION_SECONDS,
         names::INVALIDATIONS,
         names::BREAKER_STATE,
+        names::IN_PROCESS_ENTRIES,
+        names::IN_PROCESS_WEIGHT,
     ] {
         let (_, help) = &described[name];
         assert!(!help.is_empty(), "{name} has no help text");

@@ -105,6 +105,10 @@ pub const BREAKER_STATE: &str = "aside_cache_breaker_state";
 pub const BREAKER_OPENED: &str = "aside_cache_breaker_opened_total";
 /// Redis operations skipped while the breaker was open.
 pub const BREAKER_SKIPS: &str = "aside_cache_breaker_skips_total";
+/// Entries the cache holds in this process's memory ([`Stats::in_process`](crate::Stats::in_process)).
+pub const IN_PROCESS_ENTRIES: &str = "aside_cache_in_process_entries";
+/// Their weight, as `CACHE_MEMORY_CAPACITY` counts it (entries, or bytes).
+pub const IN_PROCESS_WEIGHT: &str = "aside_cache_in_process_weight";
 
 /// Registers the description and unit of every metric with the installed
 /// recorder (the `# HELP` lines of a Prometheus scrape).
@@ -127,10 +131,19 @@ pub fn describe() {
         BREAKER_SKIPS,
         "Redis operations skipped while the circuit breaker was open."
     );
+    describe_gauge!(
+        IN_PROCESS_ENTRIES,
+        "Entries held in this process's memory (the memory store's, or a tier's copies)."
+    );
+    describe_gauge!(
+        IN_PROCESS_WEIGHT,
+        "Weight of the entries held in this process, as CACHE_MEMORY_CAPACITY counts it (entries or bytes)."
+    );
 }
 
 /// Records the values of `cache` that are states rather than events: the circuit
-/// breaker's state, how often it opened and how many operations it skipped.
+/// breaker's state, how often it opened and how many operations it skipped, and
+/// what the cache holds in this process's memory.
 /// Call it before rendering a scrape, or on a timer.
 ///
 /// ```
@@ -151,6 +164,8 @@ pub fn sample(cache: &Cache) {
     ::metrics::gauge!(BREAKER_STATE).set(state);
     ::metrics::counter!(BREAKER_OPENED).absolute(stats.breaker_opened);
     ::metrics::counter!(BREAKER_SKIPS).absolute(stats.breaker_skips);
+    ::metrics::gauge!(IN_PROCESS_ENTRIES).set(stats.in_process.entries as f64);
+    ::metrics::gauge!(IN_PROCESS_WEIGHT).set(stats.in_process.weight as f64);
 }
 
 /// The [`Sink`] every cache's counters feed with this feature (see `STATS_SINK`

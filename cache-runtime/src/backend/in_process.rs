@@ -388,6 +388,28 @@ mod tests {
     }
 
     #[test]
+    fn a_hot_key_answered_from_its_slot_stays_in_a_full_map() {
+        let map: InProcessMap<Value> =
+            InProcessMap::bounded(moka::sync::Cache::builder(), MemoryCapacity::Entries(100));
+        map.insert("hot".to_owned(), long("hot"));
+        for n in 0..5_000 {
+            for _ in 0..20 {
+                assert_eq!(hit(&map, "hot").as_deref(), Some("hot"), "after {n} cold keys");
+            }
+            // Each cold key read a few times through moka (more often than
+            // moka would see the hot key, were its slot's hits not sampled).
+            let cold = format!("cold-{n}");
+            map.insert(cold.clone(), long("cold"));
+            for _ in 0..5 {
+                let _ = map.get(&cold, SystemTime::now());
+            }
+            if n % 100 == 0 {
+                map.run_pending_tasks();
+            }
+        }
+    }
+
+    #[test]
     fn two_maps_with_the_same_key_answer_their_own_values() {
         let (one, other) = (map(), map());
         one.insert("k".to_owned(), long("one"));

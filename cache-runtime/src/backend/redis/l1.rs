@@ -19,11 +19,13 @@
 //! bypassed until the beats come back.
 //!
 //! A copy is filled from a `GET` only if no eviction of its key happened since
-//! the `GET` was sent (a per-shard generation, checked again after the insert),
+//! the `GET` was sent (a per-shard generation, checked under a per-shard lock
+//! that evictions take too),
 //! and it is served only while its entry is fresh: it never outlives the entry's
 //! fresh life, which ends before its Redis TTL.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -77,6 +79,10 @@ impl Expiry<String, Copy> for FreshLife {
 pub(crate) struct L1 {
     copies: crate::backend::InProcessMap<Copy>,
     generations: [AtomicU64; SHARDS],
+    /// Per generation shard: held by a fill from its generation check through
+    /// its insert, and by an eviction while it bumps the generation, so that
+    /// no eviction lands between a fill's check and its insert.
+    fills: [Mutex<()>; SHARDS],
     /// When this process last heard its own heartbeat, in Unix milliseconds,
     /// plus one; 0 for never (or since the subscription was lost). On the wall
     /// clock, which every hit reads anyway for the copy's freshness: a
@@ -106,6 +112,7 @@ impl L1 {
         L1 {
             copies,
             generations: std::array::from_fn(|_| AtomicU64::new(0)),
+            fills: std::array::from_fn(|_| Mutex::new(())),
             confirmed_at: AtomicU64::new(0),
             usable: AtomicBool::new(false),
             beat,
@@ -143,7 +150,7 @@ impl L1 {
 
     /// The generation of `key`'s shard: read before a `GET` whose answer may fill the tier.
     pub(crate) fn generation(&self, key: &str) -> u64 {
-        self.shard(key).load(Ordering::Acquire)
+        self.generations[shard_of(key)].load(Ordering::Acquire)
     }
 
     /// Keeps a copy of `bytes`, read for `key` by a `GET` sent at `generation`,
@@ -151,7 +158,7 @@ impl L1 {
     /// not usable.
     pub(crate) fn fill(&self, key: &str, bytes: &Bytes, generation: u64) {
         let now = SystemTime::now();
-        if !self.check_usable(now) || self.generation(key) != generation {
+        if !self.check_usable(now) {
             return;
         }
         let Some(fresh_until) =
@@ -162,6 +169,12 @@ impl L1 {
         if fresh_until <= now {
             return;
         }
+        let shard = shard_of(key);
+        // An eviction waits for this insert, or this fill sees its generation.
+        let _filling = lock(&self.fills[shard]);
+        if self.generations[shard].load(Ordering::Acquire) != generation {
+            return;
+        }
         self.copies.insert(
             key.to_owned(),
             Copy {
@@ -169,22 +182,22 @@ impl L1 {
                 fresh_until,
             },
         );
-        // An eviction between the check and the insert bumped the generation
-        // first: undo the insert (its own removal may have run before it).
-        if self.generation(key) != generation {
-            self.copies.invalidate(key);
-        }
     }
 
     /// Drops the copy of `key` and stops fills from `GET`s sent before now.
     pub(crate) fn evict(&self, key: &str) {
-        self.shard(key).fetch_add(1, Ordering::AcqRel);
+        let shard = shard_of(key);
+        {
+            let _evicting = lock(&self.fills[shard]);
+            self.generations[shard].fetch_add(1, Ordering::AcqRel);
+        }
         self.copies.invalidate(key);
     }
 
     /// Drops every copy and stops fills from `GET`s sent before now.
     pub(crate) fn evict_all(&self) {
-        for generation in &self.generations {
+        for (generation, fills) in self.generations.iter().zip(&self.fills) {
+            let _evicting = lock(fills);
             generation.fetch_add(1, Ordering::AcqRel);
         }
         self.copies.invalidate_all();
@@ -223,11 +236,16 @@ impl L1 {
         }
         confirmed
     }
+}
 
-    fn shard(&self, key: &str) -> &AtomicU64 {
-        let hash = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
-        &self.generations[usize::try_from(hash % SHARDS as u64).unwrap_or(0)]
-    }
+/// The generation shard of `key`.
+fn shard_of(key: &str) -> usize {
+    let hash = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
+    usize::try_from(hash % SHARDS as u64).unwrap_or(0)
+}
+
+fn lock(mutex: &Mutex<()>) -> MutexGuard<'_, ()> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

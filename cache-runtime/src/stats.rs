@@ -243,6 +243,18 @@ impl Counters {
 }
 
 /// What a cache holds in this process's memory: see [`Stats::in_process`].
+///
+/// ```
+/// # async fn demo() -> aside::Result<()> {
+/// use aside::{Cache, MemoryCapacity, Plain, Policy};
+///
+/// let cache = Cache::builder().memory().memory_capacity(MemoryCapacity::Entries(100)).build().await?;
+/// let Plain(_) = cache.get_or_compute("total", &Policy::default(), || async { Plain(42) }).await;
+/// let held = cache.stats().in_process;
+/// assert_eq!((held.entries, held.weight), (1, 1)); // a capacity in entries weighs each as 1
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct InProcessSize {
